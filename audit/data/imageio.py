@@ -1,0 +1,114 @@
+"""Reading single image files of any format the suite accepts, and fitting them to one shape.
+
+Formats: PNG (8/16-bit), TIFF, DICOM, NIfTI (.nii, .nii.gz), NPY. Every failure is an AuditInputError naming
+the file, so callers can skip-and-report or stop with one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from skimage.transform import resize
+
+from audit.errors import AuditInputError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz", ".npy")
+
+
+def suffix_of(path: str | Path) -> str:
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def is_image_file(path: str | Path) -> bool:
+    return suffix_of(path) in IMAGE_SUFFIXES
+
+
+def _read_png_tiff(path: Path) -> np.ndarray:
+    suffix = suffix_of(path)
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGB", "RGBA", "P", "LA"):
+            im = im.convert("L")
+        return np.asarray(im)
+
+
+def _read_nifti(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    return np.asarray(img.dataobj, dtype=np.float32)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    from audit.data.dicom import read_dicom_display
+
+    return read_dicom_display(path).pixels
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)  # never unpickle a user file
+
+
+_READERS = {
+    ".png": _read_png_tiff, ".tif": _read_png_tiff, ".tiff": _read_png_tiff,
+    ".nii": _read_nifti, ".nii.gz": _read_nifti,
+    ".dcm": _read_dicom, ".dicom": _read_dicom,
+    ".npy": _read_npy,
+}
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Raw pixel array of a file (2D or 3D; colour converted to gray), unscaled."""
+    path = Path(path)
+    reader = _READERS.get(suffix_of(path))
+    if reader is None:
+        raise AuditInputError(path, f"unsupported file type '{suffix_of(path)}' (accepted: {', '.join(IMAGE_SUFFIXES)})")
+    if not path.is_file():
+        raise AuditInputError(path, "file not found")
+    try:
+        arr = reader(path)
+    except AuditInputError:
+        raise
+    except Exception as err:  # decoders raise anything; the user needs the file and the reason
+        raise AuditInputError(path, f"cannot read image ({type(err).__name__}: {err})") from None
+    arr = np.squeeze(np.asarray(arr))
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and suffix_of(path) in (".tif", ".tiff", ".npy"):
+        arr = arr[..., :3].mean(axis=-1)  # colour TIFF/NPY → gray
+    if arr.ndim not in (2, 3):
+        raise AuditInputError(path, f"expected a 2D image or 3D volume, got an array of shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_:
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def to_unit_range(arr: np.ndarray) -> np.ndarray:
+    """Scale to float32 [0, 1]: integer images by their type's range, floats already in [0, 1] kept, other
+    floats min-max scaled (a synthetic float image carries no other scale)."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return arr
+    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+
+
+def fit_to_shape(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Resample to `shape` (anti-aliased linear); no-op when it already fits."""
+    if arr.shape == tuple(shape):
+        return arr.astype(np.float32, copy=False)
+    out = resize(arr, shape, order=1, mode="edge", anti_aliasing=any(a > s for a, s in zip(arr.shape, shape)),
+                 preserve_range=True)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
