@@ -1,4 +1,4 @@
-"""Progress bars that stay quiet when output is not a terminal (CI logs) unless asked."""
+"""Progress bars on long work; quiet when stderr is not a terminal (CI logs) unless SYNTH_AUDIT_PROGRESS=on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import sys
 from tqdm.auto import tqdm
 
 
-def progress_bar(total: int | None = None, desc: str | None = None, **kwargs):
-    disable = os.environ.get("SYNTH_AUDIT_PROGRESS", "auto") == "off" or (
-        os.environ.get("SYNTH_AUDIT_PROGRESS", "auto") == "auto" and not sys.stderr.isatty())
-    return tqdm(total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True, **kwargs)
+def progress_enabled() -> bool:
+    mode = os.environ.get("SYNTH_AUDIT_PROGRESS", "auto")
+    return mode == "on" or (mode == "auto" and sys.stderr.isatty())
+
+
+def progress_bar(iterable=None, total: int | None = None, desc: str | None = None, **kwargs):
+    return tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(), leave=False,
+                dynamic_ncols=True, **kwargs)
