@@ -1,0 +1,37 @@
+# Two entry points that work on a fresh machine with only Python and the package registries:
+#   make demo   build the phantom dataset and run the audit's main job on it
+#   make test   run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= demo-out
+export SYNTH_AUDIT_CACHE ?= $(CURDIR)/.audit-cache
+
+.PHONY: demo test install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# the stamp files make re-runs skip the install when pyproject.toml did not change
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+demo: $(VENV)/.installed
+	rm -rf $(DEMO_OUT)
+	$(VENV)/bin/audit data phantom --kind mammo --patients 200 --out $(DEMO_OUT)/phantom-mammo --seed 0
+	$(VENV)/bin/audit data inspect --data phantom-mammo --data-root $(DEMO_OUT)/phantom-mammo --out $(DEMO_OUT)/inspect-mammo
+	@echo "demo done: see $(DEMO_OUT)/inspect-mammo/contact_sheet.png"
+
+clean:
+	rm -rf $(DEMO_OUT) .audit-cache .pytest_cache
