@@ -134,7 +134,7 @@ def read_dicom_display(path: str | Path) -> DicomImage:
         stored = ds.pixel_array
     except Exception as err:  # truncated data, missing decoder: the file is the problem the user must fix
         raise AuditInputError(path, f"cannot decode pixel data, file truncated or corrupt "
-                                    f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+                                    f"({type(err).__name__}: {str(err).splitlines()[0].split(' - ')[0][:160]})") from None
     if stored.ndim != 2:
         raise AuditInputError(path, f"expected a single 2D frame, got pixel array of shape {stored.shape}")
     pixels, pad = to_display(stored, ds)
