@@ -26,7 +26,9 @@ class PhantomSummary:
     files: tuple[str, ...] = ()  # the CSV/manifest files written, relative to `out`
 
 
-def check_arguments(patients: int, test_fraction: float) -> None:
+def check_arguments(patients: int, test_fraction: float, seed: int) -> None:
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(patients, (int, np.integer)) or patients < 1:
         raise ValueError(f"patients must be a positive integer, got {patients!r}")
     if not 0.0 <= test_fraction <= 1.0:
@@ -37,7 +39,7 @@ def patient_rng(seed: int, kind: str, patient: int, stream: str = "anatomy") -> 
     """An independent random stream per (seed, kind, patient, purpose): adding patients or reordering the
     work never changes an existing patient, and the views of one patient can draw from a shared stream."""
     tag = [ord(ch) for ch in f"{kind}/{stream}"]
-    return np.random.default_rng([int(seed), int(patient), *tag])
+    return np.random.default_rng([int(seed), int(patient) + 1, *tag])  # patient -1 = streams of the whole set
 
 
 def split_patients(n_patients: int, test_fraction: float, seed: int, names: tuple[str, str],
