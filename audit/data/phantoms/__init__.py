@@ -5,7 +5,8 @@ DICOM files) and `write_brain3d_phantom` (NIfTI volumes + manifest.csv). Both ar
 build patient identity into the images, so re-identification and replica detection have something to find.
 """
 
+from audit.data.phantoms.brain3d import write_brain3d_phantom
 from audit.data.phantoms.common import PhantomSummary
 from audit.data.phantoms.mammo import write_mammo_phantom
 
-__all__ = ["PhantomSummary", "write_mammo_phantom"]
+__all__ = ["PhantomSummary", "write_brain3d_phantom", "write_mammo_phantom"]
