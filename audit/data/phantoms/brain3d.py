@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from audit.data.phantoms.brain3d_anatomy import (AGE_GROUPS, LABEL_INTENSITY, HeadAnatomy, random_head,
+from audit.data.phantoms.brain3d_anatomy import (AGE_GROUPS, HeadAnatomy, label_intensities, random_head,
                                                  tissue_labels)
 from audit.data.phantoms.common import (PhantomSummary, balanced_choice, check_arguments, count, patient_rng,
                                         split_patients, write_csv)
@@ -42,7 +42,7 @@ def patient_template(anatomy: HeadAnatomy, labels: np.ndarray, rng: np.random.Ge
     """Noise-free intensities of the patient's head: label intensities × a per-patient tissue texture,
     lightly blurred for partial-volume edges."""
     texture = 1.0 + TEXTURE_STD * power_law_noise(labels.shape, 2.0, rng, low_cut=8.0 / max(labels.shape))
-    template = LABEL_INTENSITY[labels] * texture
+    template = label_intensities(labels) * texture
     return ndimage.gaussian_filter(template, sigma=0.6).astype(np.float32)
 
 

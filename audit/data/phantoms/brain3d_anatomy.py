@@ -22,11 +22,14 @@ LABEL_NAMES = ("background", "scalp_skull", "csf", "grey_matter", "white_matter"
 
 # T1-weighted-like intensities per label (arbitrary units, scaled per scan); lesion and vessels bright
 # (as after contrast / on an angiography-like sequence), so they are findable.
-LABEL_INTENSITY = np.array([0.0, 0.32, 0.12, 0.45, 0.72, 1.0, 0.95, 0.15], np.float32)
+# Label 1 is split for display: the outer band (scalp fat) bright, the inner band (bone) dark — see
+# `label_intensities`.
+LABEL_INTENSITY = np.array([0.0, 0.12, 0.12, 0.45, 0.72, 1.0, 1.25, 0.15], np.float32)
+SCALP_INTENSITY = 0.62
 
 AGE_GROUPS = ("young", "middle", "old")
 VENTRICLE_SCALE = {"young": 0.8, "middle": 1.0, "old": 1.4}
-CORTEX_THICKNESS = {"young": 0.11, "middle": 0.095, "old": 0.08}  # normalised radius units
+CORTEX_THICKNESS = {"young": 0.15, "middle": 0.13, "old": 0.11}  # normalised radius units
 SULCUS_WIDTH = {"young": 0.10, "middle": 0.14, "old": 0.20}  # |fold field| below this inside the cortex = CSF
 
 
@@ -67,12 +70,12 @@ def tissue_labels(anatomy: HeadAnatomy, shape: tuple[int, int, int], rng: np.ran
     outline = 1.0 + 0.035 * power_law_noise(shape, 4.0, rng, low_cut=2.0 / max(shape))
     fold = power_law_noise(shape, 2.5, rng, low_cut=6.0 / max(shape))
     head = radius <= outline
-    brain_surface = outline - anatomy.skull_thickness - 0.03
+    brain_surface = outline - anatomy.skull_thickness - 0.045
     brain = radius <= brain_surface
     cortex_inner = brain_surface - CORTEX_THICKNESS[anatomy.age_group] * (1.0 + 0.35 * fold)
     labels = np.zeros(shape, np.uint8)
     labels[head] = SCALP_SKULL
-    labels[head & (radius <= outline - anatomy.skull_thickness)] = CSF
+    labels[head & (radius <= outline - anatomy.skull_thickness)] = CSF  # outer CSF between skull and brain
     labels[brain] = GREY_MATTER
     labels[brain & (radius <= cortex_inner)] = WHITE_MATTER
     # Sulci: thin sheets where the folding field crosses zero, cutting into the cortex from outside.
@@ -146,3 +149,15 @@ def vessel_tree(anatomy: HeadAnatomy, shape: tuple[int, int, int], rng: np.rando
         dist = np.linalg.norm(grid - (a + t[..., None] * ab), axis=-1)
         mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= dist <= tube_radius
     return mask
+
+
+def label_intensities(labels: np.ndarray) -> np.ndarray:
+    """Noise-free intensity per voxel: LABEL_INTENSITY, except that the outer part of the scalp/skull shell
+    (the scalp) is bright and the inner part (bone) dark, as on T1."""
+    from scipy import ndimage
+
+    out = LABEL_INTENSITY[labels]
+    band = max(1, round(min(labels.shape) / 40))
+    inner_head = ndimage.binary_erosion(labels != BACKGROUND, iterations=band)
+    out[(labels == SCALP_SKULL) & ~inner_head] = SCALP_INTENSITY
+    return out
