@@ -135,13 +135,12 @@ def render_patient(patient: MammoPatient, seed: int, size: tuple[int, int]) -> l
         lesion = np.zeros(size, bool)
         boxes = []
         for finding in patient.findings[side]:
-            drawn = render_finding(finding, geo)
-            if drawn is None:
+            drawing = render_finding(finding, geo)
+            if drawing is None:
                 continue
-            added, window = drawn
-            display[window] += added
-            lesion[window] |= added > 0.05
-            box = lesion_box(added, window)
+            drawing.apply(display)
+            lesion[drawing.window] |= drawing.footprint
+            box = lesion_box(drawing)
             if box is not None:
                 boxes.append((finding, box))
         noise_rng = patient_rng(seed, KIND, patient.index, f"noise/{side}{view}")

@@ -52,7 +52,7 @@ class BreastAnatomy:
 def random_anatomy(rng: np.random.Generator) -> BreastAnatomy:
     return BreastAnatomy(
         depth=float(rng.uniform(0.58, 0.84)), half_height=float(rng.uniform(0.34, 0.45)),
-        centre=float(rng.uniform(0.47, 0.56)), outline=tuple(float(v) for v in rng.normal(0, 0.025, size=6)),
+        centre=float(rng.uniform(0.47, 0.56)), outline=tuple(float(v) for v in rng.normal(0, 0.018, size=6)),
         mlo_tilt=float(rng.uniform(0.18, 0.42)),
         pectoral=(float(rng.uniform(0.22, 0.40)), float(rng.uniform(0.40, 0.62))))
 
@@ -205,11 +205,33 @@ def _finding(birads: int, rng: np.random.Generator, anatomy: BreastAnatomy, size
     return Finding(tuple(categories), int(birads), centre, mass_radius, outline, spicules, calcs)
 
 
-MASS_CONTRAST = 0.2
+# A mass is at least as dense as glandular tissue (so it hides in dense breasts — the masking effect — and
+# shows in fatty ones), and a little denser than whatever it sits on.
+MASS_LEVEL = 0.74
+MASS_EXTRA = 0.06
 
 
-def render_finding(finding: Finding, geometry: ViewGeometry) -> tuple[np.ndarray, tuple[slice, slice]] | None:
-    """(added intensity in a window, the window) for one finding in one view; None when it falls off the image.
+@dataclass
+class FindingDrawing:
+    """How one finding changes one view, inside `window`: mass opacity in [0, 1] (body + spicules, which
+    blends the tissue towards MASS_LEVEL) and additive calcification brightness."""
+
+    window: tuple[slice, slice]
+    opacity: np.ndarray
+    calcifications: np.ndarray
+
+    def apply(self, display: np.ndarray) -> None:
+        local = display[self.window]
+        local += self.opacity * (np.maximum(MASS_LEVEL - local, 0.0) + MASS_EXTRA) + self.calcifications
+
+    @property
+    def footprint(self) -> np.ndarray:
+        """Pixels (in the window) the finding visibly changes: its lesion mask."""
+        return (self.opacity > 0.1) | (self.calcifications > 0.05)
+
+
+def render_finding(finding: Finding, geometry: ViewGeometry) -> FindingDrawing | None:
+    """One finding drawn in one view; None when it falls off the image.
 
     Computed only in the window of pixels whose texture coordinates are within reach of the finding.
     """
@@ -222,7 +244,8 @@ def render_finding(finding: Finding, geometry: ViewGeometry) -> tuple[np.ndarray
         return None
     window = (slice(rows_any[0], rows_any[-1] + 1), slice(cols_any[0], cols_any[-1] + 1))
     dr, dc = dr_full[window], dc_full[window]
-    added = np.zeros(dr.shape, np.float32)
+    opacity = np.zeros(dr.shape, np.float32)
+    calcifications = np.zeros(dr.shape, np.float32)
     if finding.mass_radius > 0:
         dist = np.sqrt(dr * dr + dc * dc)
         angle = np.arctan2(dr, dc)
@@ -230,24 +253,24 @@ def render_finding(finding: Finding, geometry: ViewGeometry) -> tuple[np.ndarray
         for k, (ca, sa) in enumerate(zip(finding.mass_outline[0::2], finding.mass_outline[1::2]), start=2):
             boundary += np.float32(ca) * np.cos(k * angle) + np.float32(sa) * np.sin(k * angle)
         boundary *= np.float32(finding.mass_radius)
-        core = np.clip(1.0 - (dist / boundary) ** 2, 0.0, 1.0) ** 0.5
-        added += MASS_CONTRAST * core
+        opacity = np.maximum(opacity, np.clip(1.0 - (dist / boundary) ** 2, 0.0, 1.0) ** 0.5)
         for spike_angle, length, width in finding.spicules:
             along = dc * np.cos(spike_angle) + dr * np.sin(spike_angle)
             across = -dc * np.sin(spike_angle) + dr * np.cos(spike_angle)
             fade = np.clip(1.0 - along / (finding.mass_radius + length), 0.0, 1.0) * (along > 0)
-            added += 0.6 * MASS_CONTRAST * np.exp(-(across / width) ** 2) * fade
+            opacity = np.maximum(opacity, 0.6 * np.exp(-(across / width) ** 2) * fade)
     for d_row, d_col, sigma, amplitude in finding.calcifications:
         r2 = (dr - d_row) ** 2 + (dc - d_col) ** 2
-        added += amplitude * np.exp(-r2 / (2 * sigma * sigma))
-    added *= geometry.breast[window]
-    return added.astype(np.float32), window
+        calcifications += amplitude * np.exp(-r2 / (2 * sigma * sigma))
+    inside = geometry.breast[window]
+    return FindingDrawing(window, (opacity * inside).astype(np.float32),
+                          (calcifications * inside).astype(np.float32))
 
 
-def lesion_box(added: np.ndarray, window: tuple[slice, slice], threshold: float = 0.02) -> tuple[int, int, int, int] | None:
-    """Pixel-edge box (xmin, ymin, xmax, ymax) around where a finding changed the image, canonical frame."""
-    rows, cols = np.nonzero(added > threshold)
+def lesion_box(drawing: FindingDrawing) -> tuple[int, int, int, int] | None:
+    """Pixel-edge box (xmin, ymin, xmax, ymax) around a finding's footprint, canonical frame."""
+    rows, cols = np.nonzero(drawing.footprint)
     if rows.size == 0:
         return None
-    r0, c0 = window[0].start, window[1].start
+    r0, c0 = drawing.window[0].start, drawing.window[1].start
     return (int(c0 + cols.min()), int(r0 + rows.min()), int(c0 + cols.max() + 1), int(r0 + rows.max() + 1))

@@ -25,7 +25,7 @@ def power_law_noise(shape: tuple[int, ...], beta: float, rng: np.random.Generato
     amplitude.flat[0] = 0.0  # no DC: the mean is set below
     spectrum_shape = amplitude.shape
     spectrum = (rng.standard_normal(spectrum_shape) + 1j * rng.standard_normal(spectrum_shape)) * amplitude
-    field = np.fft.irfftn(spectrum, s=shape)
+    field = np.fft.irfftn(spectrum, s=shape, axes=tuple(range(len(shape))))
     field -= field.mean()
     std = field.std()
     return (field / std if std > 0 else field).astype(np.float32)
