@@ -25,6 +25,12 @@ class PhantomSummary:
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # e.g. {"breast_density": {...}}
     files: tuple[str, ...] = ()  # the CSV/manifest files written, relative to `out`
 
+    def __str__(self) -> str:
+        splits = ", ".join(f"{name} {n}" for name, n in self.patients_per_split.items())
+        unit = "images" if self.kind == "mammo" else "volumes"
+        return (f"{self.kind} phantom: {self.n_images} {unit} of {self.n_patients} patients ({splits}), "
+                f"seed {self.seed}, in {self.out}")
+
 
 def check_arguments(patients: int, test_fraction: float, seed: int) -> None:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
