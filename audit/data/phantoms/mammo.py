@@ -37,8 +37,8 @@ DENSITIES = ("A", "B", "C", "D")
 # Target share of fibroglandular tissue in the breast (A almost entirely fatty … D extremely dense).
 DENSE_FRACTION = {"A": 0.08, "B": 0.25, "C": 0.48, "D": 0.70}
 SIDE_TEXTURE_SHARE = 0.93  # correlation of the two breasts' texture fields (mirror-similar, not identical)
-PIXEL_NOISE = 0.012
-TEXTURE_LOW_CUT = 6.0  # cycles per texture period below which the 1/f^β spectrum is flat (blob size ≈ W/6)  # per-image quantum-like noise (display units)
+PIXEL_NOISE = 0.012  # per-image quantum-like noise (display units)
+TEXTURE_LOW_CUT = 6.0  # cycles per texture period below which the 1/f^β spectrum is flat (blob size ≈ W/6)
 
 BREAST_COLUMNS = ("study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
                   "breast_birads", "breast_density", "split")
