@@ -49,7 +49,7 @@ def run_phantom(args: argparse.Namespace) -> int:
     writer = {"mammo": write_mammo_phantom, "brain3d": write_brain3d_phantom}[args.kind]
     summary = writer(out, patients=args.patients, seed=args.seed, test_fraction=args.test_fraction,
                      with_masks=args.with_masks, progress=progress_enabled())
-    print(f"wrote {args.kind} phantom to {out}: {summary}")
+    print(f"wrote {summary}")
     return 0
 
 

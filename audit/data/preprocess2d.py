@@ -22,12 +22,20 @@ class Geometry:
 
 
 def breast_mask(image: np.ndarray, padding: np.ndarray | None = None) -> np.ndarray:
-    """Largest bright connected component (Otsu threshold on non-padding pixels), holes filled."""
-    valid = ~padding if padding is not None else np.ones(image.shape, bool)
-    values = image[valid]
-    if values.size == 0 or values.max() <= values.min():
-        return np.zeros(image.shape, bool)
-    foreground = (image > threshold_otsu(values)) & valid
+    """Largest foreground component, holes filled.
+
+    When the detector marked its padding, everything else is the patient: thresholding inside it would split
+    fatty from dense tissue. Without padding, Otsu over the whole image separates air from breast (the air
+    mode is large), but when fatty and dense tissue form two modes of their own Otsu can fall between them, so
+    the threshold is capped at 10% of the way from the air level to the bright tissue.
+    """
+    if padding is not None and padding.any() and (~padding).any():
+        foreground = ~padding
+    else:
+        if image.max() <= image.min():
+            return np.zeros(image.shape, bool)
+        air, bright = np.percentile(image, [1, 99])
+        foreground = image > min(threshold_otsu(image), air + 0.1 * (bright - air))
     labels, n = ndimage.label(foreground)
     if n == 0:
         return foreground
