@@ -27,11 +27,12 @@ def _caption(sample: Sample) -> str:
 
 
 def _display_slice(image: np.ndarray) -> np.ndarray:
-    """2D images as they are; volumes as axial | coronal | sagittal middle slices side by side."""
+    """2D images as they are; RAS volumes as sagittal | coronal | axial middle slices side by side, rotated so
+    superior (or anterior, for the axial plane) is up."""
     if image.ndim == 2:
         return image
-    d, h, w = image.shape
-    planes = [image[d // 2], image[:, h // 2, :], image[:, :, w // 2]]
+    x, y, z = (s // 2 for s in image.shape)
+    planes = [np.rot90(image[x]), np.rot90(image[:, y, :]), np.rot90(image[:, :, z])]
     height = max(p.shape[0] for p in planes)
     padded = [np.pad(p, ((0, height - p.shape[0]), (0, 1))) for p in planes]
     return np.concatenate(padded, axis=1)
@@ -45,9 +46,10 @@ def write_contact_sheet(samples: Sequence[Sample], out: str | Path, title: str =
     from matplotlib.patches import Rectangle
 
     out = Path(out)
+    wide = bool(samples) and samples[0].image.ndim == 3
+    columns = min(columns, 3) if wide else columns
     n = max(1, len(samples))
     rows = (n + columns - 1) // columns
-    wide = samples and samples[0].image.ndim == 3
     fig, axes = plt.subplots(rows, columns, figsize=(columns * (4.2 if wide else 2.2), rows * 2.7), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -59,7 +61,7 @@ def write_contact_sheet(samples: Sequence[Sample], out: str | Path, title: str =
                                        edgecolor="red", linewidth=1.2))
         ax.set_title(_caption(sample), fontsize=6.5)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title + ("  (sagittal | coronal | axial)" if wide else ""), fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
