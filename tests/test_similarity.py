@@ -81,7 +81,7 @@ def test_ssim_closed_form_for_constant_images():
 
 def test_ssim_is_batch_size_independent_and_small_images_work():
     a, b = smooth_pairs((9, 9), 5, seed=3)  # smaller than the 11-tap window → 9-tap window
-    np.testing.assert_allclose(ssim(a, b, batch_size=1), ssim(a, b, batch_size=64), atol=1e-6)
+    np.testing.assert_allclose(ssim(a, b, batch_size=1), ssim(a, b, batch_size=64), atol=2e-5)  # float32 rounding
     ref = [structural_similarity(x, y, data_range=1.0, gaussian_weights=True, sigma=1.5, win_size=9,
                                  use_sample_covariance=False) for x, y in zip(a, b)]
     # skimage's gaussian window is fixed by sigma (11 taps); with a 9-tap truncated kernel values differ slightly

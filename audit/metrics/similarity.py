@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -67,15 +66,24 @@ def ssim_window(shape: tuple[int, ...], window: int = SSIM_WINDOW) -> int:
     return fit if fit % 2 == 1 else fit - 1
 
 
-def _gaussian_filter_valid(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter without padding: x (B, 1, *spatial) → (B, 1, *spatial − window + 1)."""
-    spatial_dims = x.ndim - 2
-    conv = F.conv2d if spatial_dims == 2 else F.conv3d
+def valid_filter_matrix(length: int, taps: torch.Tensor) -> torch.Tensor:
+    """(length − window + 1, length) banded matrix: row i holds the taps at columns i .. i + window − 1."""
     size = taps.numel()
-    for axis in range(spatial_dims):
-        shape = [1, 1] + [1] * spatial_dims
-        shape[2 + axis] = size
-        x = conv(x, taps.reshape(shape))
+    out = torch.zeros(length - size + 1, length, dtype=taps.dtype, device=taps.device)
+    for j in range(size):
+        out.diagonal(j).copy_(taps[j].expand(length - size + 1))
+    return out
+
+
+def _gaussian_filter_valid(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter without padding, one axis at a time: x (B, *spatial) → (B, *spatial − window + 1).
+
+    Each axis is a matmul with a banded matrix: on CPUs this is several times faster than a convolution with an
+    11×1 kernel on one channel, and it is the same arithmetic."""
+    for axis in range(1, x.ndim):
+        matrix = valid_filter_matrix(x.shape[axis], taps)
+        moved = x.movedim(axis, -1)
+        x = (moved @ matrix.T).movedim(-1, axis)
     return x
 
 
@@ -93,7 +101,7 @@ def ssim(a, b, data_range: float = 1.0, window: int = SSIM_WINDOW, sigma: float 
         x, y = a[start:start + batch_size], b[start:start + batch_size]
         n = len(x)
         # one filtering pass over the five moment images of the whole batch
-        stacked = torch.cat([x, y, x * x, y * y, x * y]).unsqueeze(1)
+        stacked = torch.cat([x, y, x * x, y * y, x * y])
         mu_x, mu_y, e_xx, e_yy, e_xy = _gaussian_filter_valid(stacked, taps).split(n)
         var_x = e_xx - mu_x * mu_x
         var_y = e_yy - mu_y * mu_y

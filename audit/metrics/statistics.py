@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.stats import norm
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy.stats import norm, rankdata
+from sklearn.metrics import roc_curve
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,17 @@ def has_both_classes(labels) -> bool:
 
 
 def roc_auc(labels, scores) -> float:
-    """ROC AUC (ties count half); nan when only one class is present."""
+    """ROC AUC (ties count half); nan when only one class is present.
+
+    Computed as the Mann-Whitney statistic from mid-ranks — equal to scikit-learn's `roc_auc_score` (tested) but
+    without its input validation, which dominates the cost inside a 1000-resample bootstrap."""
     labels, scores = _check_binary(labels, scores)
-    return float(roc_auc_score(labels, scores)) if has_both_classes(labels) else float("nan")
+    if not has_both_classes(labels):
+        return float("nan")
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    ranks = rankdata(scores)  # average ranks: a tie between a positive and a negative counts half
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def tpr_at_fpr(labels, scores, max_fpr: float = 0.01) -> float:

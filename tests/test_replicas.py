@@ -1,0 +1,217 @@
+"""Replica scorers, calibration, combination and the `audit replicas` folder CLI, on planted ground truth."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+from scipy.stats import norm
+
+from attacks.replicas.calibrate import calibrate, calibrated_threshold, label_metrics, read_labels_csv
+from attacks.replicas.combined import MaxZCombiner
+from attacks.replicas.registry import SCORER_MODULES, make_scorer, parse_scorer_list
+from attacks.replicas.voxel import VoxelScorer
+from audit.cli import main
+from audit.errors import AuditInputError
+from audit.metrics.similarity import ncc, ssim
+
+
+def smooth_images(n, shape, seed, sigma=2.0):
+    rng = np.random.default_rng(seed)
+    out = np.stack([gaussian_filter(rng.random(shape), sigma) for _ in range(n)])
+    lo = out.reshape(n, -1).min(1).reshape((n,) + (1,) * len(shape))
+    hi = out.reshape(n, -1).max(1).reshape((n,) + (1,) * len(shape))
+    return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------- voxel scorers
+
+
+@pytest.mark.parametrize("shape", [(40, 36), (12, 14, 16)])
+def test_voxel_scorers_find_planted_copies(shape):
+    train = smooth_images(30, shape, seed=0)
+    rng = np.random.default_rng(1)
+    noisy = np.clip(train[3] + rng.normal(0, 0.03, shape), 0, 1)
+    flipped = np.flip(train[21], axis=-1)
+    queries = np.stack([train[12], noisy, flipped, smooth_images(1, shape, seed=9)[0]]).astype(np.float32)
+    for measure in ("ncc", "ssim"):
+        result = VoxelScorer(measure, k=5).fit(train).score(queries)
+        np.testing.assert_array_equal(result.nearest[:3], [12, 3, 21])
+        assert result.scores[0] == pytest.approx(1.0, abs=1e-5)
+        assert result.scores[2] == pytest.approx(1.0, abs=1e-5)  # mirrored copy: the flip orientation matches
+        assert result.scores[1] > 0.9 and result.scores[3] < result.scores[1] - 0.2
+        assert result.topk_scores.shape == (4, 5) and np.all(np.diff(result.topk_scores, axis=1) <= 0)
+    # without flips the mirrored copy is no longer found
+    assert VoxelScorer("ncc", k=5, flips=False).fit(train).score(queries).scores[2] < 0.6
+
+
+@pytest.mark.parametrize("measure", ["ncc", "ssim"])
+def test_full_shortlist_equals_brute_force(measure):
+    """With k = N the two-stage search is exhaustive: it must return the brute-force best training image."""
+    train = smooth_images(25, (24, 24), seed=2)
+    queries = smooth_images(6, (24, 24), seed=3)
+    result = VoxelScorer(measure, k=25, flips=False).fit(train).score(queries)
+    fn = ncc if measure == "ncc" else ssim
+    for q in range(len(queries)):
+        values = fn(np.repeat(queries[q:q + 1], 25, 0), train)
+        assert result.nearest[q] == int(np.argmax(values))
+        assert result.scores[q] == pytest.approx(values.max(), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- calibration
+
+
+def test_calibration_on_known_distributions():
+    rng = np.random.default_rng(4)
+    null = rng.normal(0, 1, 200_000)  # holdout→train scores ~ N(0, 1)
+    synthetic = rng.normal(3, 1, 20_000)  # a model whose images sit 3 σ closer to training images
+    cal = calibrate("x", null, synthetic, quantile=0.99)
+    assert cal.threshold == pytest.approx(norm.ppf(0.99), abs=0.02)  # 2.326
+    expected_share = norm.sf(norm.ppf(0.99) - 3)  # P(N(3,1) > 2.326) = 0.750
+    assert cal.synthetic_flagged.ci_low - 0.01 < expected_share < cal.synthetic_flagged.ci_high + 0.01
+    assert cal.holdout_flagged.value == pytest.approx(0.01, abs=1e-3)
+    assert calibrated_threshold(np.arange(101.0), 0.9) == pytest.approx(90.0)  # linear interpolation
+    with pytest.raises(AuditInputError):
+        calibrated_threshold(null, 1.0)
+
+
+def test_label_metrics_on_separable_and_overlapping_scores():
+    labels = np.r_[np.ones(10, bool), np.zeros(40, bool)]
+    scores = np.r_[np.linspace(0.8, 1.0, 10), np.linspace(0.0, 0.7, 40)]
+    m = label_metrics(labels, scores, calibrated=0.75, n_boot=200)
+    assert m["auc"]["value"] == 1.0 and m["optimal"]["balanced_accuracy"] == 1.0
+    assert m["calibrated"]["f1"] == 1.0 and m["calibrated"]["tpr"] == 1.0
+    m = label_metrics(labels, scores, calibrated=0.9, n_boot=200)  # 5 of 10 replicas above 0.9
+    assert m["calibrated"]["tpr"] == 0.5 and m["calibrated"]["fpr"] == 0.0
+    assert m["calibrated"]["balanced_accuracy"] == 0.75 and m["calibrated"]["f1"] == pytest.approx(2 / 3)
+
+
+def test_max_z_combination_closed_form():
+    combiner = MaxZCombiner().fit({"a": np.array([0.0, 2.0]), "b": np.array([10.0, 10.0, 10.0, 14.0])})
+    assert combiner.means == {"a": 1.0, "b": 11.0}
+    assert combiner.stds["a"] == pytest.approx(1.0) and combiner.stds["b"] == pytest.approx(np.sqrt(3.0))
+    combined, decisive = combiner.combine({"a": np.array([4.0, 1.0]), "b": np.array([11.0, 11.0 + 5 * np.sqrt(3)])})
+    np.testing.assert_allclose(combined, [3.0, 5.0])
+    np.testing.assert_array_equal(decisive, [0, 1])
+
+
+# ------------------------------------------------------------------------------------------- registry
+
+
+def test_registry_names_and_missing_modules(monkeypatch):
+    assert parse_scorer_list("ncc, ssim") == ["ncc", "ssim"]
+    with pytest.raises(AuditInputError, match="unknown scorer 'nope'"):
+        parse_scorer_list("ncc,nope")
+    with pytest.raises(AuditInputError, match="named twice"):
+        parse_scorer_list("ncc,ncc")
+    monkeypatch.setitem(SCORER_MODULES, "segmentation", "attacks.replicas.no_such_module_for_test")
+    from attacks.replicas import registry
+
+    monkeypatch.delitem(registry.SCORERS, "segmentation", raising=False)
+    with pytest.raises(AuditInputError, match="scorer segmentation not available"):
+        make_scorer("segmentation")
+    scorer = make_scorer("ssim", k=3, device="cpu", unknown_option=1)  # options a factory lacks are not passed
+    assert scorer.name == "ssim" and scorer.k == 3
+
+
+def test_labels_csv_errors(tmp_path):
+    good = tmp_path / "labels.csv"
+    good.write_text("file,is_replica\na.png,true\nb.png,0\n")
+    assert read_labels_csv(good, ["a.png", "b.png", "c.png"]) == {"a.png": True, "b.png": False}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,is_replica\nzzz.png,true\n")
+    with pytest.raises(AuditInputError, match="not an image of the synthetic folder"):
+        read_labels_csv(bad, ["a.png"])
+    bad.write_text("file,label\na.png,true\n")
+    with pytest.raises(AuditInputError, match="needs the columns"):
+        read_labels_csv(bad, ["a.png"])
+
+
+# ------------------------------------------------------------------------------------------- CLI end to end
+
+
+def write_png(path, image):
+    from PIL import Image
+
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(path)
+
+
+def write_nifti(path, volume):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), str(path))
+
+
+def make_folders(root, writer, suffix, shape, n_train=40, n_holdout=40, n_novel=8, seed=0):
+    images = smooth_images(n_train + n_holdout + n_novel, shape, seed=seed)
+    for name in ("train", "holdout", "synthetic"):
+        (root / name).mkdir()
+    for i in range(n_train):
+        writer(root / "train" / f"t{i:03d}{suffix}", images[i])
+    for i in range(n_holdout):
+        writer(root / "holdout" / f"h{i:03d}{suffix}", images[n_train + i])
+    for i in range(n_novel):
+        writer(root / "synthetic" / f"novel{i}{suffix}", images[n_train + n_holdout + i])
+    writer(root / "synthetic" / f"copy{suffix}", images[7])  # the planted exact copy of t007
+    return root
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_cli(root, *extra):
+    return main(["replicas", "--train", str(root / "train"), "--holdout", str(root / "holdout"),
+                 "--synthetic", str(root / "synthetic"), "--out", str(root / "out"), *extra])
+
+
+def test_cli_2d_png_flags_the_planted_copy(tmp_path):
+    root = make_folders(tmp_path, write_png, ".png", (48, 48))
+    (tmp_path / "labels.csv").write_text("file,is_replica\ncopy.png,true\n" +
+                                         "".join(f"novel{i}.png,false\n" for i in range(8)))
+    assert run_cli(root, "--labels", str(tmp_path / "labels.csv"), "--quantile", "0.95") == 0
+    rows = read_csv(root / "out" / "replicas.csv")
+    assert list(rows[0]) == ["synthetic", "nearest_train", "score", "is_replica", "ncc", "ssim"]
+    by_name = {r["synthetic"]: r for r in rows}
+    assert by_name["copy.png"]["is_replica"] == "true" and by_name["copy.png"]["nearest_train"] == "t007.png"
+    assert float(by_name["copy.png"]["ncc"]) == pytest.approx(1.0, abs=1e-3)  # PNG quantisation only
+    assert max(float(r["score"]) for r in rows) == float(by_name["copy.png"]["score"])
+    summary = json.loads((root / "out" / "replicas.json").read_text())
+    assert summary["parameters"]["quantile"] == 0.95 and summary["parameters"]["shape"] == [48, 48]
+    assert summary["labels"]["combined"]["auc"]["value"] == 1.0
+    assert set(summary["scorers"]) == {"ncc", "ssim"} and summary["combined"]["threshold"] > 0
+    assert (root / "out" / "pairs.png").stat().st_size > 0 and (root / "out" / "histograms.png").is_file()
+
+
+def test_cli_3d_nifti_and_npy_with_resampling(tmp_path):
+    root = make_folders(tmp_path, write_nifti, ".nii.gz", (16, 16, 16), n_train=20, n_holdout=20, n_novel=4)
+    # an .npy volume of another size is resampled to the training shape
+    np.save(root / "synthetic" / "big.npy", smooth_images(1, (20, 20, 20), seed=5)[0])
+    assert run_cli(root, "--scorers", "ncc") == 0
+    rows = {r["synthetic"]: r for r in read_csv(root / "out" / "replicas.csv")}
+    assert rows["copy.nii.gz"]["nearest_train"] == "t007.nii.gz" and rows["copy.nii.gz"]["is_replica"] == "true"
+    assert "big.npy" in rows and list(next(iter(rows.values()))) [-1] == "ncc"
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    root = make_folders(tmp_path, write_png, ".png", (32, 32), n_train=6, n_holdout=6, n_novel=2)
+    (tmp_path / "empty").mkdir()
+    assert main(["replicas", "--train", str(tmp_path / "empty"), "--holdout", str(root / "holdout"),
+                 "--synthetic", str(root / "synthetic"), "--out", str(tmp_path / "o")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    np.save(root / "synthetic" / "volume.npy", np.zeros((8, 8, 8), np.float32))  # mixed 2D/3D
+    assert run_cli(root) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "volume.npy" in err and "3D" in err
+    (root / "synthetic" / "volume.npy").unlink()
+    (root / "holdout" / "broken.png").write_bytes(b"not a png")  # unreadable file
+    assert run_cli(root) == 2
+    assert "broken.png" in capsys.readouterr().err
+    (root / "holdout" / "broken.png").unlink()
+    (tmp_path / "labels.csv").write_text("file,is_replica\nunknown.png,true\n")
+    assert run_cli(root, "--labels", str(tmp_path / "labels.csv")) == 2
+    assert "unknown.png" in capsys.readouterr().err
+    assert run_cli(root, "--scorers", "ncc,bogus") == 2
+    assert "bogus" in capsys.readouterr().err
