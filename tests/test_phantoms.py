@@ -187,8 +187,11 @@ def test_monochrome1_stores_tissue_inverted(mammo):
     assert s2[foreground].min() > 0 and s1[foreground].max() < m1.max_value  # tissue never equals padding
 
     # In the written files: dense tissue is stored higher than fat for MONOCHROME2, lower for MONOCHROME1,
-    # and the viewer (which inverts MONOCHROME1) shows it brighter in both.
+    # and the viewer (which inverts MONOCHROME1) shows it brighter in both. CC views only: on MLO the
+    # non-dense foreground also holds the (bright) pectoral muscle, for which no mask is written.
     for row in mammo.breast_rows:
+        if row["view_position"] != "CC":
+            continue
         ds = mammo.datasets[row["image_id"]]
         dense = mammo.mask(row, "dense")
         fat = mammo.foreground(row["image_id"]) & ~dense & ~mammo.mask(row, "lesion")
@@ -199,8 +202,9 @@ def test_monochrome1_stores_tissue_inverted(mammo):
             assert stored[dense].mean() > stored[fat].mean()
         else:
             assert stored[dense].mean() < stored[fat].mean()
+        # Measured over 160 CC views per seed (seeds 0, 1, 3, 9): difference 0.44 on average, 0.33 at least.
         shown = mammo.display(row["image_id"])
-        assert shown[dense].mean() > shown[fat].mean() + 0.1
+        assert shown[dense].mean() > shown[fat].mean() + 0.2
 
 
 def test_mammo_same_seed_identical_other_seed_differs(tmp_path):
@@ -422,14 +426,16 @@ def test_brain_identity_repeat_scan_beats_other_patients(brain):
                           for b in ids] for a in ids])
 
     raw = correlations(by_patient)
-    # Every head is roughly an ellipsoid, so raw correlations are all high (measured, seed 2: same 0.988,
-    # different 0.948 on average). Subtracting the mean volume of the set leaves what is individual
-    # (measured: same 0.74 on average, min 0.61; different -0.17 on average, max 0.60).
+    # Every head is roughly an ellipsoid, so raw correlations are all high (measured, seed 2: same 0.993,
+    # different 0.953 on average; other seeds and sizes: gaps 0.03-0.05, top-1 1.0). Subtracting the set's mean
+    # volume leaves what is individual (seed 2: same 0.82 on average, min 0.68; different -0.18, max 0.53;
+    # seeds 0/9/5 with 12-24 patients: same 0.75-0.79, different -0.04 to -0.08, top-1 0.92-1.0).
     population_mean = np.mean([v for scans in by_patient.values() for v in scans.values()], axis=0)
     residual = correlations({p: {s: v - population_mean for s, v in scans.items()} for p, scans in by_patient.items()})
-    assert raw[eye].mean() > raw[~eye].mean() + 0.02
+    assert raw[eye].mean() > raw[~eye].mean() + 0.015
+    assert (raw.argmax(axis=1) == np.arange(len(ids))).mean() >= 0.8
     assert residual[eye].mean() > residual[~eye].mean() + 0.5
-    assert (residual.argmax(axis=1) == np.arange(len(ids))).mean() >= 0.8  # measured 1.0
+    assert (residual.argmax(axis=1) == np.arange(len(ids))).mean() >= 0.8
 
 
 def test_brain_deterministic_and_switches(tmp_path):

@@ -33,7 +33,7 @@ SPLIT_NAMES = ("train", "test")
 ORIENTATIONS = ("RAS", "LPS", "LIP")
 MANIFEST_COLUMNS = ("id", "patient_id", "split", "path", "lesion", "age_group", "scan", "orientation", "vessels")
 DEFORMATION_VOXELS = 0.8  # largest smooth displacement between two scans of a patient, at 64³
-SHIFT_VOXELS = 0.7  # std of the per-scan rigid shift, at 64³
+SHIFT_VOXELS = 0.3  # std of a sub-voxel per-scan rigid shift (position jitter), at 64³
 NOISE_STD = 0.015  # Rician noise std relative to the intensity scale
 TEXTURE_STD = 0.04  # per-patient tissue texture (multiplicative)
 
