@@ -55,3 +55,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_empty_folder_under_nifti_preset(tmp_path):
     result = run_cli("data", "inspect", "--data", "phantom-brain3d", "--data-root", str(tmp_path))
     assert result.returncode == 2 and "manifest.csv: manifest not found" in result.stderr
+
+
+def test_phantom_cli_writes_a_tree_the_reader_accepts(tmp_path, capsys):
+    out = tmp_path / "mammo"
+    assert main(["data", "phantom", "--kind", "mammo", "--patients", "3", "--out", str(out), "--seed", "1"]) == 0
+    assert (out / "breast-level_annotations.csv").is_file() and len(list(out.glob("images/*/*.dicom"))) == 12
+    assert main(["data", "inspect", "--data", "phantom-mammo", "--data-root", str(out),
+                 "--out", str(tmp_path / "i"), "--decode", "sample"]) == 0
+    report = json.loads((tmp_path / "i" / "inspect.json").read_text())
+    assert report["n_records"] == 12 and report["failed"] == [] and report["skipped"] == []
+    # refuses to write into a non-empty folder, and refuses bad arguments, with exit 2
+    assert main(["data", "phantom", "--patients", "3", "--out", str(out)]) == 2
+    assert main(["data", "phantom", "--patients", "3", "--out", str(tmp_path / "n"), "--seed", "-1"]) == 2
+    assert "seed" in capsys.readouterr().err

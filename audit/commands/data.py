@@ -47,8 +47,11 @@ def run_phantom(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise AuditInputError(out, "output folder exists and is not empty (refusing to overwrite)")
     writer = {"mammo": write_mammo_phantom, "brain3d": write_brain3d_phantom}[args.kind]
-    summary = writer(out, patients=args.patients, seed=args.seed, test_fraction=args.test_fraction,
-                     with_masks=args.with_masks, progress=progress_enabled())
+    try:
+        summary = writer(out, patients=args.patients, seed=args.seed, test_fraction=args.test_fraction,
+                         with_masks=args.with_masks, progress=progress_enabled())
+    except (ValueError, FileExistsError) as err:  # the writers validate their own arguments
+        raise AuditInputError(out, str(err)) from None
     print(f"wrote {summary}")
     return 0
 
