@@ -112,3 +112,31 @@ def fit_to_shape(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     out = resize(arr, shape, order=1, mode="edge", anti_aliasing=any(a > s for a, s in zip(arr.shape, shape)),
                  preserve_range=True)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def image_file_name(stem: str, ndim: int) -> str:
+    """2D images → 16-bit PNG (lossless for [0, 1] at 1/65535), volumes → float32 NIfTI."""
+    return stem + (".png" if ndim == 2 else ".nii.gz")
+
+
+def write_image_file(image: np.ndarray, path: str | Path) -> Path:
+    """Write a float [0, 1] image atomically: a crash leaves no file or the whole file (the temp name starts with
+    '.', which the folder reader skips)."""
+    import os
+
+    path = Path(path)
+    suffix = ".png" if image.ndim == 2 else ".nii.gz"
+    tmp = path.with_name(f".{path.name}.tmp{suffix}")
+    clipped = np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 1.0)
+    if image.ndim == 2:
+        from PIL import Image
+
+        Image.fromarray(np.round(clipped * 65535).astype(np.uint16)).save(tmp, format="PNG")
+    elif image.ndim == 3:
+        import nibabel as nib
+
+        nib.save(nib.Nifti1Image(clipped, np.eye(4)), str(tmp))
+    else:
+        raise ValueError(f"cannot write an array of shape {image.shape}")
+    os.replace(tmp, path)
+    return path
