@@ -16,6 +16,7 @@ from audit.errors import EXIT_ERROR, AuditError
 # Command families, in the order `audit --help` lists them. Adding a family = adding its module here.
 COMMAND_MODULES = (
     "audit.commands.data",
+    "generators.cli",
     "attacks.replicas.deepssim_cli",
     "attacks.replicas.cli",
 )
