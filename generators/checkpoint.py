@@ -85,12 +85,26 @@ def load_diffusers(cls, folder: Path):
     if not (folder / "diffusion_pytorch_model.safetensors").is_file():
         refuse_pickle(folder / "diffusion_pytorch_model.bin")
         raise AuditInputError(folder / "diffusion_pytorch_model.safetensors", "missing from the checkpoint")
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its key lists go to stderr; we report one line instead
     try:
-        return cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
-                                    low_cpu_mem_usage=False).eval()
+        model, info = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
+                                          low_cpu_mem_usage=False, output_loading_info=True)
     except Exception as err:  # diffusers/safetensors raise many types for a bad file
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AuditInputError(folder, f"cannot load {cls.__name__}: truncated or foreign weights ({first})") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    # diffusers initialises missing weights at random and only warns: a foreign file must be an error instead
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        kind, keys = next(iter(problems.items()))
+        raise AuditInputError(folder / "diffusion_pytorch_model.safetensors",
+                              f"weights do not fit {cls.__name__} ({len(keys)} {kind.replace('_', ' ')}, "
+                              f"e.g. {keys[0]})")
+    return model.eval()
 
 
 # written by diffusers into config.json: where a model was loaded from and which library version saved it —
