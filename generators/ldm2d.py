@@ -18,7 +18,7 @@ from generators.checkpoint import load_diffusers, read_json
 from generators.conditions import LabelVocabulary
 from generators.config import GeneratorConfig
 from generators.label_encoder import LabelEncoder
-from generators.sampling import ConditionBatch
+from generators.sampling import ConditionBatch, ddim_step
 
 
 def build_vae(cfg: GeneratorConfig, shape: tuple[int, ...]) -> AutoencoderKL:
@@ -109,13 +109,20 @@ class Diffusers2DBackend:
         inputs = torch.cat([x_t, cond.mask.to(x_t.dtype)], dim=1) if self.uses_box_mask else x_t
         return self.unet(inputs, t, encoder_hidden_states=tokens).sample
 
-    def ddim(self, num_inference_steps: int):
+    def ddim_scheduler(self, num_inference_steps: int) -> DDIMScheduler:
         scheduler = DDIMScheduler.from_config(self.train_scheduler.config, clip_sample=False, set_alpha_to_one=False)
         scheduler.set_timesteps(num_inference_steps)
+        return scheduler
 
-        def step(eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
-            return scheduler.step(eps, t, x, eta=0.0).prev_sample
-
+    def ddim(self, num_inference_steps: int, reference: bool = False):
+        """(timesteps, step): diffusers' DDIMScheduler timesteps; its update fused (`reference`: its own step)."""
+        scheduler = self.ddim_scheduler(num_inference_steps)
+        if reference:
+            def step(eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+                return scheduler.step(eps, t, x, eta=0.0).prev_sample
+        else:
+            step = ddim_step(scheduler.alphas_cumprod, scheduler.config.num_train_timesteps, num_inference_steps,
+                             float(scheduler.final_alpha_cumprod))
         return [int(t) for t in scheduler.timesteps], step
 
     # --- save / load --------------------------------------------------------------------------------------------

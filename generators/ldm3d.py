@@ -22,7 +22,7 @@ from audit.errors import AuditInputError
 from generators.checkpoint import load_module, read_json, save_module, write_json
 from generators.conditions import LabelVocabulary
 from generators.config import GeneratorConfig
-from generators.sampling import ConditionBatch
+from generators.sampling import ConditionBatch, ddim_step
 
 MONAI_SCHEDULES = {"scaled_linear": "scaled_linear_beta", "linear": "linear_beta"}
 
@@ -130,13 +130,16 @@ class Monai3DBackend:
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: ConditionBatch) -> torch.Tensor:
         return self.unet(x_t, timesteps=t, class_labels=cond.labels)
 
-    def ddim(self, num_inference_steps: int):
+    def ddim(self, num_inference_steps: int, reference: bool = False):
+        """(timesteps, step): MONAI DDIMScheduler timesteps; its update fused (`reference`: its own step)."""
         scheduler = DDIMScheduler(**self.scheduler_config)
         scheduler.set_timesteps(num_inference_steps)
-
-        def step(eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
-            return scheduler.step(eps, t, x)[0]
-
+        if reference:
+            def step(eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+                return scheduler.step(eps, t, x)[0]
+        else:
+            step = ddim_step(scheduler.alphas_cumprod, scheduler.num_train_timesteps, num_inference_steps,
+                             float(scheduler.final_alpha_cumprod))
         return [int(t) for t in scheduler.timesteps], step
 
     def save(self, folder: Path) -> None:

@@ -248,3 +248,18 @@ def test_conditions_csv_round_trip(tmp_path):
     conds = mammo_conditions(3) + brain_conditions(1)
     write_rows_csv(tmp_path / "c.csv", [condition_to_row(c) for c in conds], ("source_id",))
     assert read_conditions_csv(tmp_path / "c.csv") == conds
+
+
+@pytest.mark.parametrize("which", ["trained_2d", "trained_3d"])
+def test_fused_ddim_step_equals_the_library_scheduler_step(which, request):
+    from generators.sampling import ddim_sample
+
+    out, data = request.getfixturevalue(which)
+    gen = LatentDiffusionGenerator.load(out)
+    noise = per_image_noise(gen.backend.latent_shape(), seed=0, indices=range(2))
+    cond = gen.encode_conditions(data.conditions[:2])
+    results = []
+    for reference in (False, True):
+        timesteps, step = gen.backend.ddim(7, reference=reference)
+        results.append(ddim_sample(gen.predict_noise, noise, cond, timesteps, step, guidance_scale=2.0))
+    assert torch.allclose(results[0], results[1], atol=1e-4), (results[0] - results[1]).abs().max()
