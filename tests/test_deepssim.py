@@ -158,7 +158,7 @@ def test_two_stage_scorer_finds_planted_copies(trained, images):
     train, novel = images[:100], images[100:]
     planted = [7, 42, 93]
     queries = np.concatenate([novel[:10], train[planted], np.clip(train[planted] ** 1.2, 0, 1)])
-    result = DeepSSIMScorer(model=model, k=5, verify=True).fit(train).score(queries)
+    result = DeepSSIMScorer(model=model, k=5, verify=True, flips=False).fit(train).score(queries)
     np.testing.assert_array_equal(result.nearest[10:13], planted)
     np.testing.assert_allclose(result.scores[10:13], 1.0, atol=1e-6)  # exact SSIM of an exact copy
     np.testing.assert_array_equal(result.nearest[13:], planted)  # gamma-changed copies
@@ -167,9 +167,20 @@ def test_two_stage_scorer_finds_planted_copies(trained, images):
     np.testing.assert_allclose(result.scores, ssim_pairs(queries, train[result.nearest]), atol=1e-9)
     assert np.all(np.diff(result.topk_scores, axis=1) <= 1e-12)  # shortlist re-ranked by exact SSIM
 
-    cosine_only = DeepSSIMScorer(model=model, k=5, verify=False).fit(train).score(queries)
+    cosine_only = DeepSSIMScorer(model=model, k=5, verify=False, flips=False).fit(train).score(queries)
     np.testing.assert_array_equal(cosine_only.nearest[10:13], planted)
     np.testing.assert_allclose(cosine_only.scores[10:13], 1.0, atol=1e-5)
+
+
+def test_mirrored_copies_are_found_in_their_best_orientation(trained, images):
+    model, _ = trained
+    train, planted = images[:100], [4, 61]
+    mirrored = np.stack([train[4][::-1], train[61][:, ::-1]])
+    found = DeepSSIMScorer(model=model, k=5).fit(train).score(mirrored)
+    np.testing.assert_array_equal(found.nearest, planted)
+    np.testing.assert_allclose(found.scores, 1.0, atol=1e-6)
+    as_is = DeepSSIMScorer(model=model, k=5, flips=False).fit(train).score(mirrored)
+    assert as_is.scores.max() < 0.8  # SSIM is not mirror-invariant (measured 0.60, 0.51)
 
 
 def test_make_scorer_validates_before_work(tmp_path):

@@ -76,12 +76,17 @@ def test_segmentation_scorer_finds_planted_copies_2d():
     drawn = [drawn_mammogram(seed) for seed in range(24)]
     train = np.stack([d[0] for d in drawn[:20]])
     novel = np.stack([d[0] for d in drawn[20:]])
-    queries = np.concatenate([novel, train[[5, 11]]])
+    queries = np.concatenate([novel, train[[5, 11]], train[[7]][:, ::-1], train[[9]][:, :, ::-1]])
     result = SegmentationScorer(k=5).fit(train).score(queries)
-    np.testing.assert_array_equal(result.nearest[4:], [5, 11])
+    np.testing.assert_array_equal(result.nearest[4:], [5, 11, 7, 9])  # exact, then mirrored copies
     np.testing.assert_allclose(result.scores[4:], 1.0)
     assert result.scores[:4].max() < 1.0
-    # the returned score is the Dice of the returned pair
+    # without the mirrored orientations a mirrored copy is no longer a perfect match
+    as_is = SegmentationScorer(k=5, flips=False).fit(train).score(queries)
+    np.testing.assert_allclose(as_is.scores[4:6], 1.0)
+    assert as_is.scores[6:].max() < 1.0
+    # the returned score is the Dice of the returned pair (as is: no orientation involved)
+    result = as_is
     seg = ClassicalMammoSegmenter()
     for q, (score, nearest) in enumerate(zip(result.scores, result.nearest)):
         assert score == pytest.approx(multiclass_dice(seg.segment(queries[[q]])[0], seg.segment(train[[nearest]])[0]))

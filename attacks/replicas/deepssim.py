@@ -21,8 +21,9 @@ A re-implementation from the description of DeepSSIM (arXiv 2509.16582, WACV 202
   epochs and ConvNeXt-Base are replaced by CPU-sized defaults).
 
 Differences from the paper's scorers, on purpose: no hard-coded SSIM thresholds (calibration decides), no dense
-N×M matrices (chunked top-k search), and a two-stage mode: cosine retrieval of the top-k, then exact SSIM of
-those k pairs; the score is the best exact SSIM (or the best cosine when verification is off).
+N×M matrices (chunked top-k search), a two-stage mode: cosine retrieval of the top-k, then exact SSIM of those
+k pairs; the score is the best exact SSIM (or the best cosine when verification is off); and mirrored
+orientations of the query searched too (`flips`, as the voxel scorers do).
 
 Checkpoint: a folder with `config.json` + `model.safetensors` (`audit.checkpoints`); the config travels with the
 weights and is validated on load.
@@ -438,13 +439,17 @@ class DeepSSIMScorer:
     score = best exact SSIM among the top-k (verify=True) or the best cosine (verify=False);
     nearest = the training image reaching it. Give a trained `model`, or a `model_builder` that trains one on the
     training images at `fit` (SSIM targets need no labels, so this is always possible).
+
+    flips=True (our extension, as in the voxel scorers): the query is also searched mirrored along each spatial
+    axis (2D: 3 orientations, 3D: 4) and its best orientation counts. SSIM is not mirror-invariant, so without
+    it a mirrored copy of a training image scores like a stranger.
     """
 
     name = "deepssim"
 
     def __init__(self, model: DeepSSIMModel | None = None,
                  model_builder: Callable[[np.ndarray], DeepSSIMModel] | None = None, k: int = 10,
-                 verify: bool = True, verify_batch: int = 256):
+                 verify: bool = True, flips: bool = True, verify_batch: int = 256):
         if (model is None) == (model_builder is None):
             raise ValueError("give exactly one of model / model_builder")
         if k < 1:
@@ -453,6 +458,7 @@ class DeepSSIMScorer:
         self.model_builder = model_builder
         self.k = k
         self.verify = verify
+        self.flips = flips
         self.verify_batch = verify_batch
         self.train: np.ndarray | None = None
         self.train_embeddings: np.ndarray | None = None
@@ -467,21 +473,40 @@ class DeepSSIMScorer:
         self.train_embeddings = self.model.embed(train)
         return self
 
+    def _score_oriented(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cosine, index = topk_cosine(self.model.embed(queries), self.train_embeddings, self.k)
+        if not self.verify:
+            return cosine.astype(np.float64), index
+        return verify_topk(queries, self.train, index, self.verify_batch), index
+
     def score(self, queries: np.ndarray) -> ReplicaScores:
+        from attacks.replicas.voxel import best_per_reference
+
         if self.train_embeddings is None:
             raise RuntimeError("deepssim scorer: call fit(train) before score(queries)")
         queries = np.asarray(queries, dtype=np.float32)
-        cosine, index = topk_cosine(self.model.embed(queries), self.train_embeddings, self.k)
-        if not self.verify:
-            return ReplicaScores(cosine[:, 0].astype(np.float64), index[:, 0].astype(np.int64), cosine, index)
-        exact = verify_topk(queries, self.train, index, self.verify_batch)
-        order = np.argsort(-exact, axis=1, kind="stable")  # re-rank the shortlist by exact SSIM
-        exact, index = np.take_along_axis(exact, order, 1), np.take_along_axis(index, order, 1)
-        return ReplicaScores(exact[:, 0], index[:, 0].astype(np.int64), exact, index)
+        if queries.shape[1:] != self.train.shape[1:]:
+            raise AuditInputError(None, f"deepssim scorer: query shape {queries.shape[1:]} differs from the "
+                                        f"training shape {self.train.shape[1:]}")
+        parts = [self._score_oriented(np.ascontiguousarray(np.flip(queries, axis=axes)) if axes else queries)
+                 for axes in orientations(queries.ndim - 1, self.flips)]
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        index = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")  # re-rank the shortlist by exact SSIM (or cosine)
+        scores, index = np.take_along_axis(scores, order, 1), np.take_along_axis(index, order, 1)
+        scores, index = best_per_reference(scores, index, min(self.k, len(self.train)))
+        return ReplicaScores(scores[:, 0].copy(), index[:, 0].astype(np.int64), scores, index)
 
     def describe(self) -> dict:
         return {"name": self.name, "k": self.k, "verify": self.verify,
+                "score": "best exact SSIM of the top-k" if self.verify else "best cosine",
+                "orientations": "as is + mirrored along each axis" if self.flips else "as is",
                 "model": self.model.describe() if self.model is not None else "trained at fit"}
+
+
+def orientations(ndim: int, flips: bool) -> list[tuple[int, ...]]:
+    """Axes of a (N, *S) batch to mirror: () is the image as it is, then each spatial axis alone."""
+    return [()] + ([(axis,) for axis in range(1, ndim + 1)] if flips else [])
 
 
 def verify_topk(queries: np.ndarray, train: np.ndarray, index: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -495,19 +520,20 @@ def verify_topk(queries: np.ndarray, train: np.ndarray, index: np.ndarray, batch
     return out.reshape(index.shape)
 
 
-def make_scorer(checkpoint: str | Path | None = None, k: int = 10, verify: bool = True, epochs: int = 10,
-                seed: int = 0, batch_size: int = 64, device: str = "cpu", progress: bool = False) -> DeepSSIMScorer:
+def make_scorer(checkpoint: str | Path | None = None, k: int = 10, verify: bool = True, flips: bool = True,
+                epochs: int = 10, seed: int = 0, batch_size: int = 64, device: str = "cpu",
+                progress: bool = False) -> DeepSSIMScorer:
     """The DeepSSIM scorer by parameters (what the CLI calls). With `checkpoint`, the model loads now (a bad
     checkpoint fails before any work); without, a model is trained on the training set at fit."""
     if epochs < 1:
         raise AuditInputError(None, f"deepssim scorer: epochs must be >= 1, got {epochs}")
     if checkpoint is not None:
         return DeepSSIMScorer(model=load_deepssim(checkpoint, batch_size=batch_size, device=device), k=k,
-                              verify=verify)
+                              verify=verify, flips=flips)
 
     def build(train: np.ndarray) -> DeepSSIMModel:
         model, _ = train_deepssim(train, epochs=epochs, seed=seed, device=device, progress=progress)
         model.batch_size = batch_size
         return model
 
-    return DeepSSIMScorer(model_builder=build, k=k, verify=verify)
+    return DeepSSIMScorer(model_builder=build, k=k, verify=verify, flips=flips)

@@ -6,7 +6,9 @@ was found, so its segmenter and overlap score are unknown. Ours:
 1. shortlist: the k nearest training images of each query by NCC of downsampled images (`audit.search`, exact
    chunked top-k), or by cosine of an injected encoder's embeddings;
 2. segment the query and the shortlisted training images with an injected segmenter;
-3. score = the best multi-class Dice among the shortlist; nearest = the training image reaching it.
+3. score = the best multi-class Dice among the shortlist; nearest = the training image reaching it;
+4. (flips=True, our extension as in the voxel scorers) steps 1-3 also for the query mirrored along each axis;
+   the best orientation counts.
 
 Multi-class Dice = mean over the foreground classes present in either mask of 2|A∩B| / (|A| + |B|); two masks
 with no foreground at all agree perfectly (1.0) — an empty image copied is still a copy.
@@ -190,13 +192,14 @@ class SegmentationScorer:
     name = "segmentation"
 
     def __init__(self, segmenter: Segmenter | None = None, shortlist_encoder: Encoder | None = None, k: int = 10,
-                 shortlist_side: int = 32):
+                 shortlist_side: int = 32, flips: bool = True):
         if k < 1:
             raise AuditInputError(None, f"segmentation scorer: k must be >= 1, got {k}")
         self.segmenter = segmenter  # None: chosen by the image dimension at fit ("auto")
         self.shortlist_encoder = shortlist_encoder
         self.k = k
         self.shortlist_side = shortlist_side
+        self.flips = flips  # also search the query mirrored along each axis (as the voxel scorers do)
         self.train_masks: np.ndarray | None = None
         self.train_vectors: np.ndarray | None = None
 
@@ -216,31 +219,47 @@ class SegmentationScorer:
         return self
 
     def score(self, queries: np.ndarray) -> ReplicaScores:
+        from attacks.replicas.deepssim import orientations
+        from attacks.replicas.voxel import best_per_reference
         from audit.search import topk_similarity
 
         if self.train_masks is None:
             raise RuntimeError("segmentation scorer: call fit(train) before score(queries)")
         queries = np.asarray(queries, np.float32)
+        if queries.shape[1:] != self.train_masks.shape[1:]:
+            raise AuditInputError(None, f"segmentation scorer: query shape {queries.shape[1:]} differs from the "
+                                        f"training shape {self.train_masks.shape[1:]}")
         metric = "cosine" if self.shortlist_encoder is not None else "ncc"
-        _, index = topk_similarity(self._vectors(queries), self.train_vectors, k=self.k, metric=metric)
         query_masks = self.segmenter.segment(queries)
-        dice = np.stack([dice_against(query_masks[i], self.train_masks[index[i]]) for i in range(len(queries))]) \
-            if len(queries) else np.zeros((0, index.shape[1]))
-        order = np.argsort(-dice, axis=1, kind="stable")  # ties keep the shortlist order (most similar first)
+        dice_parts, index_parts = [], []
+        for axes in orientations(queries.ndim - 1, self.flips):
+            oriented = np.ascontiguousarray(np.flip(queries, axis=axes)) if axes else queries
+            # the classical segmenters are mirror-equivariant, so the mirrored query's mask is the mirrored mask
+            masks = np.flip(query_masks, axis=axes) if axes else query_masks
+            _, index = topk_similarity(self._vectors(oriented), self.train_vectors, k=self.k, metric=metric)
+            dice_parts.append(np.stack([dice_against(masks[i], self.train_masks[index[i]])
+                                        for i in range(len(queries))]) if len(queries)
+                              else np.zeros((0, index.shape[1])))
+            index_parts.append(index)
+        dice, index = np.concatenate(dice_parts, axis=1), np.concatenate(index_parts, axis=1)
+        order = np.argsort(-dice, axis=1, kind="stable")  # ties keep orientation, then shortlist order
         dice, index = np.take_along_axis(dice, order, 1), np.take_along_axis(index, order, 1)
-        return ReplicaScores(dice[:, 0], index[:, 0].astype(np.int64), dice, index)
+        dice, index = best_per_reference(dice, index, min(self.k, len(self.train_masks)))
+        return ReplicaScores(dice[:, 0].copy(), index[:, 0].astype(np.int64), dice, index)
 
     def describe(self) -> dict:
         return {"name": self.name, "k": self.k, "segmenter": getattr(self.segmenter, "name", "auto"),
                 "shortlist": "encoder cosine" if self.shortlist_encoder is not None else
-                f"NCC at <= {self.shortlist_side} px"}
+                f"NCC at <= {self.shortlist_side} px",
+                "orientations": "as is + mirrored along each axis" if self.flips else "as is"}
 
 
-def make_scorer(segmenter: str = "auto", k: int = 10, shortlist_side: int = 32) -> SegmentationScorer:
+def make_scorer(segmenter: str = "auto", k: int = 10, shortlist_side: int = 32,
+                flips: bool = True) -> SegmentationScorer:
     """The segmentation scorer by parameters (what the CLI calls); names are validated before any work."""
     if segmenter != "auto" and segmenter not in SEGMENTERS:
         raise AuditInputError(None, f"unknown segmenter '{segmenter}' (known: auto, {', '.join(SEGMENTERS)})")
     if shortlist_side < 4:
         raise AuditInputError(None, f"segmentation scorer: shortlist_side must be >= 4, got {shortlist_side}")
     chosen = None if segmenter == "auto" else make_segmenter(segmenter)
-    return SegmentationScorer(segmenter=chosen, k=k, shortlist_side=shortlist_side)
+    return SegmentationScorer(segmenter=chosen, k=k, shortlist_side=shortlist_side, flips=flips)
