@@ -9,7 +9,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import norm
 
 from attacks.replicas.calibrate import calibrate, calibrated_threshold, label_metrics, read_labels_csv
-from attacks.replicas.combined import MaxZCombiner
+from attacks.replicas.combined import MaxZCombiner, TailModel, TailPCombiner
 from attacks.replicas.registry import SCORER_MODULES, make_scorer, parse_scorer_list
 from attacks.replicas.voxel import VoxelScorer
 from audit.cli import main
@@ -94,6 +94,21 @@ def test_max_z_combination_closed_form():
     combined, decisive = combiner.combine({"a": np.array([4.0, 1.0]), "b": np.array([11.0, 11.0 + 5 * np.sqrt(3)])})
     np.testing.assert_allclose(combined, [3.0, 5.0])
     np.testing.assert_array_equal(decisive, [0, 1])
+
+
+def test_tail_p_closed_form_and_monotone():
+    null = np.arange(1.0, 11.0)  # n = 10 → tail m = 5 values 6..10 above u = 5, excesses 1..5, β = 3
+    model = TailModel.fit(null)
+    assert (model.u, model.beta, model.tail_mass) == (5.0, 3.0, 5 / 11)
+    np.testing.assert_allclose(model.neg_log10_p(np.array([3.0, 13.0])),
+                               [-np.log10(9 / 11), -np.log10(5 / 11 * np.exp(-8 / 3))])
+    grid = np.linspace(-5, 30, 400)
+    assert np.all(np.diff(model.neg_log10_p(grid)) >= 0)  # monotone: ranks within a scorer are kept
+    # a scorer with a long-tailed null does not dominate the max with its outliers
+    combiner = TailPCombiner().fit({"narrow": np.r_[np.zeros(95), np.full(5, 0.1)],
+                                    "long": np.r_[np.zeros(95), np.linspace(1, 10, 5)]})
+    combined, decisive = combiner.combine({"narrow": np.array([1.0, 0.0]), "long": np.array([0.0, 12.0])})
+    assert decisive.tolist() == [0, 1] and combined[0] > combined[1]
 
 
 # ------------------------------------------------------------------------------------------- registry
@@ -215,3 +230,12 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert "unknown.png" in capsys.readouterr().err
     assert run_cli(root, "--scorers", "ncc,bogus") == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_ncc_shift_finds_a_translated_copy_plain_ncc_scores_low():
+    train = smooth_images(30, (40, 40), seed=6, sigma=1.0)
+    shifted = np.roll(train[9], (3, -4), axis=(0, 1))[None]  # 7.5% / 10% of the side
+    plain = VoxelScorer("ncc", k=10).fit(train).score(shifted)
+    tolerant = VoxelScorer("ncc_shift", k=10).fit(train).score(shifted)
+    assert tolerant.nearest[0] == 9 and tolerant.scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert plain.scores[0] < 0.5

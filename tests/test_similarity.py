@@ -86,3 +86,45 @@ def test_ssim_is_batch_size_independent_and_small_images_work():
                                  use_sample_covariance=False) for x, y in zip(a, b)]
     # skimage's gaussian window is fixed by sigma (11 taps); with a 9-tap truncated kernel values differ slightly
     np.testing.assert_allclose(ssim(a, b), ref, atol=0.05)
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (12, 12, 13)])
+def test_ssim_against_candidates_equals_pairwise_ssim(shape):
+    from audit.metrics.similarity import ssim_against
+
+    a, b = smooth_pairs(shape, 6, seed=4)
+    candidates = np.stack([b, a[::-1], b[::-1]], axis=1)  # (6, 3, *shape)
+    got = ssim_against(a, candidates, batch_size=4)
+    want = ssim(np.repeat(a, 3, axis=0), candidates.reshape(18, *shape)).reshape(6, 3)
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    np.testing.assert_allclose(ssim_against(a, a[:, None]), 1.0, atol=1e-5)
+
+
+def overlap_ncc(a, b, shift):
+    """NCC of the voxels where b shifted by `shift` overlaps a (brute force with slices)."""
+    sa, sb = [], []
+    for t, n in zip(shift, a.shape):
+        sa.append(slice(max(t, 0), n + min(t, 0)))
+        sb.append(slice(max(-t, 0), n - max(t, 0)))
+    return np.corrcoef(a[tuple(sa)].ravel(), b[tuple(sb)].ravel())[0, 1]
+
+
+@pytest.mark.parametrize("shape", [(32, 30), (12, 14, 16)])
+def test_shift_ncc_is_the_best_overlap_ncc_over_shifts(shape):
+    import itertools
+
+    from audit.metrics.similarity import shift_ncc_against
+
+    a, b = smooth_pairs(shape, 3, seed=5)
+    # a translated copy: a's content moved by (1, -1, ...) with a fresh border (as an affine shift would make)
+    moved = np.roll(a, (1,) + (-1,) * (len(shape) - 1), axis=tuple(range(1, len(shape) + 1)))
+    candidates = np.stack([b, moved], axis=1)
+    got = shift_ncc_against(a, candidates, max_shift=0.1)
+    limits = [int(round(0.1 * s)) for s in shape]
+    for i in range(3):
+        for j in range(2):
+            best = max(overlap_ncc(a[i], candidates[i, j], sh)
+                       for sh in itertools.product(*[range(-l, l + 1) for l in limits]))
+            assert got[i, j] == pytest.approx(best, abs=2e-5)  # float32 FFTs
+    np.testing.assert_allclose(got[:, 1], 1.0, atol=2e-5)  # the overlap of a translated copy matches exactly
+    assert np.all(got[:, 0] >= ncc(a, b) - 2e-5)  # never below plain NCC (shift 0)

@@ -1,39 +1,117 @@
 """The combined replica decision score: one number from several scorers, calibrated like each of them.
 
-Definition (`max_z`): every scorer's score is standardised against its own null — the holdout→train scores —
-z_s = (score_s − mean_s) / std_s, and the combined score is max_s z_s. Its threshold is the q-quantile of the
-holdout images' own combined scores, exactly as for a single scorer.
+Default definition (``tail_p``): every scorer's score x is turned into an upper-tail probability under its own
+null — the holdout→train scores h_1..h_n — and the combined score is max_s −log10 p_s(x), i.e. the scorer that
+finds the image least compatible with "genuinely new" decides. Its threshold is the q-quantile of the holdout
+images' own combined scores, exactly as for a single scorer.
 
-Why this choice:
-- each z_s is a monotone map of its scorer, so the combination ranks an image high whenever *any* level finds it
-  unusually similar compared with what genuinely new images reach — a flipped copy caught only by one level is
-  not diluted by the levels that miss it, as it would be in a sum (Fisher-like) combination;
-- the scorers live on different scales (NCC, SSIM, cosines); z puts them on one scale defined by the null, without
-  labels, and does not saturate for scores beyond the holdout's maximum, as an empirical p-value with a few
-  hundred holdout images would (all clear replicas would tie at p = 1/(n+1));
-- the price of the max: the null of a max is higher than each scorer's, so the calibrated threshold rises a
-  little; measured in benchmarks/bench_replicas.py, not assumed.
+    p_s(x) = (1 + #{h ≥ x}) / (n + 1)                  for x ≤ u   (empirical, smoothed: never 0)
+    p_s(x) = (m / (n + 1)) · exp(−(x − u) / β)          for x > u   (exponential tail)
+
+with u the score above which the top m = max(5, 20%) holdout scores lie and β the mean of their excesses over u
+(the maximum-likelihood exponential fit, "peaks over threshold"). Why:
+- a replica score is a *maximum* of similarities over the training set, so its null's upper tail is Gumbel-like,
+  i.e. exponential: the fit extrapolates beyond the holdout's largest value instead of saturating (a plain
+  empirical p-value gives every clear replica the same p = 1/(n+1));
+- the tail scale β is measured on the top of each null, not on its bulk: a scorer whose null has a long upper
+  tail (e.g. SSIM on images with large flat backgrounds) gets a wide β and cannot dominate the maximum with its
+  outliers. The first version of this module used z-scores (mean/std of the whole null) — ``max_z``, kept for
+  comparison; on the benchmark its maximum was driven by such outliers and lost low-FPR sensitivity that the best
+  single scorer had (benchmarks/bench_replicas.py reports both);
+- the max keeps a copy that only one level detects (a sum would dilute it with the levels that miss it).
 `nearest` of the combination is the nearest training image of the scorer that reached the max.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-COMBINATION = "max_z"
-# a null with (almost) no spread would turn any difference into an infinite z; floor the std at this
-STD_FLOOR = 1e-6
+# a null with (almost) no spread would turn any difference into an infinite statistic; floor the scale here
+SCALE_FLOOR = 1e-6
+TAIL_FRACTION = 0.2
+MIN_TAIL = 5
+
+
+@dataclass(frozen=True)
+class TailModel:
+    """One scorer's null: sorted holdout scores + the exponential model of their top."""
+
+    sorted_null: np.ndarray
+    u: float  # tail threshold
+    beta: float  # mean excess of the tail over u
+    tail_mass: float  # m / (n + 1)
+
+    @classmethod
+    def fit(cls, null_scores: np.ndarray) -> "TailModel":
+        h = np.sort(np.asarray(null_scores, dtype=np.float64))
+        n = len(h)
+        if n == 0:
+            raise ValueError("the null needs at least one holdout score")
+        m = min(n, max(MIN_TAIL, int(math.ceil(TAIL_FRACTION * n))))
+        # u: the largest value below the m largest ones (with a null of <= m values, its minimum)
+        u = float(h[n - m - 1]) if n > m else float(h[0])
+        excess = h[n - m:] - u
+        beta = max(float(excess.mean()), SCALE_FLOOR)
+        return cls(h, u, beta, m / (n + 1))
+
+    def neg_log10_p(self, scores: np.ndarray) -> np.ndarray:
+        x = np.asarray(scores, dtype=np.float64)
+        n = len(self.sorted_null)
+        at_least = n - np.searchsorted(self.sorted_null, x, side="left")  # #{h >= x}
+        empirical = (1 + at_least) / (n + 1)
+        tail = self.tail_mass * np.exp(-(x - self.u) / self.beta)
+        p = np.where(x > self.u, tail, empirical)
+        return -np.log10(p)
+
+
+@dataclass
+class TailPCombiner:
+    """Fit on the holdout scores of every scorer, then combine any scores of the same scorers."""
+
+    models: dict[str, TailModel] = field(default_factory=dict)
+    name: str = "combined"
+
+    def fit(self, holdout_scores: dict[str, np.ndarray]) -> "TailPCombiner":
+        if not holdout_scores:
+            raise ValueError("the combination needs at least one scorer")
+        self.models = {s: TailModel.fit(v) for s, v in holdout_scores.items()}
+        return self
+
+    def statistics(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = set(self.models) - set(scores)
+        if missing:
+            raise ValueError(f"scores lack the fitted scorer(s) {sorted(missing)}")
+        return {s: m.neg_log10_p(scores[s]) for s, m in self.models.items()}
+
+    def combine(self, scores: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(combined score (Q,), index into the fitted scorer order of the scorer reaching the max (Q,))."""
+        stats = self.statistics(scores)
+        stacked = np.stack([stats[s] for s in self.models], axis=1)
+        decisive = np.argmax(stacked, axis=1)  # first scorer wins ties: the order the user listed
+        return stacked[np.arange(len(stacked)), decisive], decisive
+
+    @property
+    def scorers(self) -> list[str]:
+        return list(self.models)
+
+    def describe(self) -> dict:
+        return {"combination": "tail_p",
+                "definition": "max over scorers of -log10 p, p = upper-tail probability under the scorer's "
+                              "holdout null (empirical, exponential tail above the top 20%)",
+                "tail": {s: {"u": m.u, "beta": m.beta, "tail_mass": m.tail_mass, "n": len(m.sorted_null)}
+                         for s, m in self.models.items()}}
 
 
 @dataclass
 class MaxZCombiner:
-    """Fit on the holdout scores of every scorer, then combine any scores of the same scorers."""
+    """The first definition, kept for comparison: max over scorers of (score − holdout mean) / holdout std."""
 
     means: dict[str, float] = field(default_factory=dict)
     stds: dict[str, float] = field(default_factory=dict)
-    name: str = "combined"
+    name: str = "combined_max_z"
 
     def fit(self, holdout_scores: dict[str, np.ndarray]) -> "MaxZCombiner":
         if not holdout_scores:
@@ -41,20 +119,16 @@ class MaxZCombiner:
         for scorer, values in holdout_scores.items():
             values = np.asarray(values, dtype=np.float64)
             self.means[scorer] = float(values.mean())
-            self.stds[scorer] = max(float(values.std()), STD_FLOOR)
+            self.stds[scorer] = max(float(values.std()), SCALE_FLOOR)
         return self
 
-    def standardise(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def combine(self, scores: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         missing = set(self.means) - set(scores)
         if missing:
             raise ValueError(f"scores lack the fitted scorer(s) {sorted(missing)}")
-        return {s: (np.asarray(scores[s], dtype=np.float64) - self.means[s]) / self.stds[s] for s in self.means}
-
-    def combine(self, scores: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(combined score (Q,), index into the fitted scorer order of the scorer reaching the max (Q,))."""
-        z = self.standardise(scores)
-        stacked = np.stack([z[s] for s in self.means], axis=1)
-        decisive = np.argmax(stacked, axis=1)  # first scorer wins ties: the order the user listed
+        stacked = np.stack([(np.asarray(scores[s], np.float64) - self.means[s]) / self.stds[s] for s in self.means],
+                           axis=1)
+        decisive = np.argmax(stacked, axis=1)
         return stacked[np.arange(len(stacked)), decisive], decisive
 
     @property
@@ -62,5 +136,9 @@ class MaxZCombiner:
         return list(self.means)
 
     def describe(self) -> dict:
-        return {"combination": COMBINATION, "definition": "max over scorers of (score - holdout mean) / holdout std",
+        return {"combination": "max_z", "definition": "max over scorers of (score - holdout mean) / holdout std",
                 "holdout_mean": dict(self.means), "holdout_std": dict(self.stds)}
+
+
+COMBINERS = {"tail_p": TailPCombiner, "max_z": MaxZCombiner}
+DEFAULT_COMBINATION = "tail_p"

@@ -18,7 +18,7 @@ import numpy as np
 
 from attacks.replicas.base import ReplicaScorer, ReplicaScores
 from attacks.replicas.calibrate import Calibration, calibrate, check_quantile, label_metrics, read_labels_csv
-from attacks.replicas.combined import MaxZCombiner
+from attacks.replicas.combined import COMBINERS, DEFAULT_COMBINATION
 from attacks.replicas.registry import make_scorer
 from audit.errors import AuditInputError
 from audit.progress import progress_bar
@@ -31,7 +31,7 @@ class ReplicaAudit:
     scorers: list[str]
     holdout: dict[str, ReplicaScores]
     synthetic: dict[str, ReplicaScores]
-    combiner: MaxZCombiner
+    combiner: object  # a fitted combiner from attacks.replicas.combined
     combined_holdout: np.ndarray  # (H,)
     combined_synthetic: np.ndarray  # (Q,)
     nearest: np.ndarray  # (Q,) training index chosen by the scorer that decided the combined score
@@ -56,7 +56,8 @@ class ReplicaAudit:
 
 
 def audit_arrays(scorers: dict[str, ReplicaScorer], train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray,
-                 quantile: float = 0.99, progress: bool = False) -> ReplicaAudit:
+                 quantile: float = 0.99, progress: bool = False,
+                 combination: str = DEFAULT_COMBINATION) -> ReplicaAudit:
     """Every scorer fitted on `train`, applied to `holdout` (the null) and `synthetic`, then calibrated."""
     check_quantile(quantile)
     if len(holdout) == 0 or len(synthetic) == 0 or len(train) == 0:
@@ -79,7 +80,7 @@ def audit_arrays(scorers: dict[str, ReplicaScorer], train: np.ndarray, holdout: 
     if bar is not None:
         bar.close()
 
-    combiner = MaxZCombiner().fit({n: s.scores for n, s in holdout_scores.items()})
+    combiner = COMBINERS[combination]().fit({n: s.scores for n, s in holdout_scores.items()})
     combined_holdout, _ = combiner.combine({n: s.scores for n, s in holdout_scores.items()})
     combined_synthetic, decisive = combiner.combine({n: s.scores for n, s in synthetic_scores.items()})
     names = list(scorers)

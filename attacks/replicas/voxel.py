@@ -6,7 +6,9 @@ Two stages, 2D and 3D alike:
    (`audit.search`), keeping the top `k` (default 10) training images per query — cheap, never Q×N;
 2. re-rank the shortlist at full resolution by the scorer's measure:
    - ``ncc``: normalised cross-correlation of the intensity-normalised (z-scored) images;
-   - ``ssim``: SSIM (11-tap Gaussian, data range 1) of the [0, 1] images.
+   - ``ssim``: SSIM (11-tap Gaussian, data range 1) of the [0, 1] images;
+   - ``ncc_shift`` (our extension): the largest NCC of the overlapping voxels over all translations of at most
+     10% of each side (masked FFT cross-correlation), for copies that were shifted; never below plain NCC.
 The score is the best re-ranked value and `nearest` the training image reaching it (ties: shortlist order).
 
 Orientations (`flips=True`, our extension beyond RELICT): the query is also searched mirrored along each spatial
@@ -25,11 +27,12 @@ import torch.nn.functional as F
 
 from attacks.replicas.base import ReplicaScores
 from audit.errors import AuditInputError
-from audit.metrics.similarity import ncc, ssim
-from audit.search import topk_similarity
+from audit.metrics.similarity import shift_ncc_against, ssim_against
+from audit.search import normalise_rows, topk_similarity
 
 SHORTLIST_SIDE = {2: 32, 3: 16}
-MEASURES = ("ncc", "ssim")
+MEASURES = ("ncc", "ssim", "ncc_shift")
+MAX_SHIFT = 0.1
 
 
 @torch.no_grad()
@@ -95,14 +98,25 @@ class VoxelScorer:
         out = np.empty((n_q, k), dtype=np.float64)
         for start in range(0, n_q, queries_per_batch):
             idx = index[start:start + queries_per_batch]
-            q = np.repeat(queries[start:start + len(idx)], k, axis=0)
-            t = self.train[idx.reshape(-1)]
+            q = queries[start:start + len(idx)]
             if self.measure == "ncc":
-                values = ncc(q, t, device=self.device)
+                out[start:start + len(idx)] = self._ncc_against(q, idx)
+            elif self.measure == "ncc_shift":
+                out[start:start + len(idx)] = shift_ncc_against(q, self.train[idx], max_shift=MAX_SHIFT,
+                                                                device=self.device, batch_size=self.batch_size)
             else:
-                values = ssim(q, t, device=self.device, batch_size=self.batch_size)
-            out[start:start + len(idx)] = values.reshape(len(idx), k)
+                out[start:start + len(idx)] = ssim_against(q, self.train[idx], device=self.device,
+                                                           batch_size=self.batch_size)
         return out
+
+    @torch.no_grad()
+    def _ncc_against(self, queries: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """NCC of each query with its k candidates: z-scored rows (scaled by 1/sqrt(d)) and one batched dot
+        product per query, the query never repeated k times."""
+        q = normalise_rows(torch.from_numpy(queries).to(self.device), "ncc")  # (B, d)
+        t = normalise_rows(torch.from_numpy(self.train[index.reshape(-1)]).to(self.device), "ncc")
+        t = t.reshape(index.shape[0], index.shape[1], -1)  # (B, k, d)
+        return torch.bmm(t, q.unsqueeze(2)).squeeze(2).double().cpu().numpy()
 
     def score(self, queries: np.ndarray) -> ReplicaScores:
         if self.train is None:

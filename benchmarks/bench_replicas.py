@@ -1,0 +1,554 @@
+"""Replica-detection benchmark: planted replicas in real images + phantoms (accuracy), and the search's speed.
+
+    .venv/bin/python benchmarks/bench_replicas.py [--scorers ncc,ssim] [--threads 1] [--quick]
+        [--out benchmarks/results/bench_replicas.json] [--skip-accuracy] [--skip-speed]
+
+Accuracy. Image pools nobody here drew by hand:
+- 2D (128 × 128): non-overlapping tiles of the pydicom-data radiographs RG1 (CR chest), RG3 (CR), MR2 (MR),
+  693 (CT) and CT_small; slices of nilearn's MNI152 T1 template in the three planes, 16 mm apart; one image per
+  view of `write_mammo_phantom` patients (split by patient).
+- 3D (32³): non-overlapping 32 mm cubes of the MNI152 T1 template (1 mm); `write_brain3d_phantom` volumes.
+Each pool is first de-duplicated: an image whose NCC with an already kept image of another group exceeds 0.95
+is dropped (neighbouring tiles of flat regions and nearby template slices are pixel-level near-duplicates, i.e.
+unlabelled replicas that would make "novel" ground truth wrong). Each pool is then split by group (patient / tile) into train, holdout (the calibration null) and novel (test negatives,
+never copied). Replicas: copies of random training images under each transformation (albumentations 2.0.8 in 2D,
+MONAI / scipy in 3D). Per scorer and transformation: AUC and TPR at 1% FPR of replicas vs novel images, TPR and
+FPR at the threshold calibrated on the holdout (q = 0.99), and how often the reported nearest training image is
+the replica's source.
+
+Speed (same run, same thread count):
+- the machine's matmul peak (GFLOP/s → pairs/s for the shortlist's d) beside the shortlist search's throughput;
+- two-stage top-1 (downsampled-NCC shortlist, SSIM re-rank) vs brute-force SSIM top-1, 500 queries × 2000
+  references; brute force is timed on a query subset and extrapolated linearly (printed as such);
+- peak memory (ru_maxrss of a child process) of a 20k × 100k, d = 256 embedding search.
+
+Nothing is downloaded: pydicom-data, nilearn's bundled template and the phantom writers are local.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+TRANSFORMS = ("exact", "flip", "shift", "rotate", "gamma", "noise", "blur", "jpeg", "crop_resize", "contrast")
+SIZE_2D = (128, 128)
+SIZE_3D = (32, 32, 32)
+VOXEL_SCORERS = ("ncc", "ssim", "ncc_shift")
+
+
+# =============================================================================================== image pools
+
+
+def unit(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def informative(image: np.ndarray, min_std: float = 0.05, max_flat: float = 0.5) -> bool:
+    """Not mostly background: enough contrast and not dominated by one flat value."""
+    flat = np.mean(np.abs(image - np.median(image)) < 0.02)
+    return float(image.std()) > min_std and flat < max_flat
+
+
+def radiograph_tiles() -> list[tuple[np.ndarray, str]]:
+    import pydicom.data
+
+    from audit.data.imageio import fit_to_shape, read_image, to_unit_range
+
+    out = []
+    for name, tile in (("RG1_UNCI.dcm", 256), ("RG3_UNCI.dcm", 256), ("MR2_UNCI.dcm", 192), ("693_UNCI.dcm", 128),
+                       ("CT_small.dcm", 128)):
+        image = to_unit_range(read_image(pydicom.data.get_testdata_file(name)))
+        for r in range(0, image.shape[0] - tile + 1, tile):
+            for c in range(0, image.shape[1] - tile + 1, tile):
+                crop = unit(image[r:r + tile, c:c + tile])
+                if informative(crop):
+                    out.append((fit_to_shape(crop, SIZE_2D), f"{name}:{r},{c}"))
+    return out
+
+
+def mni_template() -> np.ndarray:
+    from nilearn.datasets import load_mni152_template
+
+    return unit(np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32))
+
+
+def mni_slices(volume: np.ndarray, step: int = 16) -> list[tuple[np.ndarray, str]]:
+    from audit.data.imageio import fit_to_shape
+
+    out = []
+    for axis in range(3):
+        for i in range(step, volume.shape[axis] - step, step):
+            sl = np.take(volume, i, axis=axis)
+            if np.mean(sl > 0.05) > 0.25:
+                out.append((fit_to_shape(unit(sl), SIZE_2D), f"mni:axis{axis}:{i}"))
+    return out
+
+
+def mni_cubes(volume: np.ndarray, side: int = 32) -> list[tuple[np.ndarray, str]]:
+    out = []
+    for z in range(0, volume.shape[0] - side + 1, side):
+        for y in range(0, volume.shape[1] - side + 1, side):
+            for x in range(0, volume.shape[2] - side + 1, side):
+                cube = volume[z:z + side, y:y + side, x:x + side]
+                if np.mean(cube > 0.05) > 0.5 and cube.std() > 0.05:
+                    out.append((unit(cube), f"mni:{z},{y},{x}"))
+    return out
+
+
+def mammo_phantom_views(patients: int, work: Path, seed: int = 11) -> list[tuple[np.ndarray, str]]:
+    from audit.data.imageio import fit_to_shape, read_image, to_unit_range
+    from audit.data.phantoms import write_mammo_phantom
+
+    root = work / "mammo"
+    write_mammo_phantom(root, patients=patients, seed=seed, image_size=(256, 208))
+    out = []
+    for path in sorted(root.glob("images/*/*.dicom")):
+        out.append((fit_to_shape(to_unit_range(read_image(path)), SIZE_2D), f"mammo:{path.parent.name}"))
+    return out
+
+
+def brain_phantom_volumes(patients: int, work: Path, seed: int = 12) -> list[tuple[np.ndarray, str]]:
+    from audit.data.imageio import fit_to_shape, read_image, to_unit_range
+    from audit.data.phantoms import write_brain3d_phantom
+
+    root = work / "brain"
+    write_brain3d_phantom(root, patients=patients, seed=seed, shape=SIZE_3D, scans_per_patient=1)
+    return [(fit_to_shape(to_unit_range(read_image(p)), SIZE_3D), f"brain:{p.name}")
+            for p in sorted(root.glob("volumes/*.nii.gz"))]
+
+
+# =============================================================================================== transformations
+
+
+def transforms_2d(seed: int) -> dict:
+    import albumentations as A
+    import cv2
+
+    reflect = cv2.BORDER_REFLECT_101
+    spec = {
+        "exact": [],
+        "flip": [A.OneOf([A.HorizontalFlip(p=1), A.VerticalFlip(p=1)], p=1)],
+        "shift": [A.Affine(translate_percent=(-0.1, 0.1), border_mode=reflect, p=1)],
+        "rotate": [A.Rotate(limit=10, border_mode=reflect, p=1)],
+        "gamma": [A.RandomGamma(gamma_limit=(70, 140), p=1)],
+        "noise": [A.GaussNoise(std_range=(0.02, 0.05), p=1)],
+        "blur": [A.GaussianBlur(sigma_limit=(0.5, 1.5), p=1)],
+        "jpeg": [A.ImageCompression(quality_range=(30, 70), p=1)],
+        "crop_resize": [A.RandomResizedCrop(size=SIZE_2D, scale=(0.8, 0.95), ratio=(0.9, 1.1), p=1)],
+        "contrast": [A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=(-0.4, 0.4), p=1)],
+    }
+    out = {}
+    for i, (name, ops) in enumerate(spec.items()):
+        compose = A.Compose(ops, seed=seed + i)  # albumentations' own RNG: global seeds are ignored
+
+        def apply(image, compose=compose):
+            return np.clip(compose(image=image.astype(np.float32))["image"], 0, 1).astype(np.float32)
+
+        out[name] = apply
+    return out
+
+
+def transforms_3d(seed: int) -> dict:
+    import torch
+    from monai.transforms import Affine, GaussianSmooth
+    from PIL import Image
+
+    from audit.data.imageio import fit_to_shape
+
+    rng = np.random.default_rng(seed)
+
+    def affine(image, rotate=(0.0, 0.0, 0.0), translate=(0.0, 0.0, 0.0)):
+        t = Affine(rotate_params=rotate, translate_params=translate, padding_mode="reflection", image_only=True)
+        return np.asarray(t(torch.from_numpy(image[None]))[0], dtype=np.float32)
+
+    def flip(x):
+        return np.ascontiguousarray(np.flip(x, axis=int(rng.integers(0, 3))))
+
+    def shift(x):
+        return affine(x, translate=tuple(rng.uniform(-0.1, 0.1, 3) * np.array(x.shape)))
+
+    def rotate(x):
+        angles = np.zeros(3)
+        angles[rng.integers(0, 3)] = np.deg2rad(rng.uniform(-10, 10))
+        return affine(x, rotate=tuple(angles))
+
+    def jpeg(x):
+        import io
+
+        quality = int(rng.integers(30, 71))
+        out = np.empty_like(x)
+        for i, sl in enumerate(x):  # slice-wise lossy compression (no volumetric JPEG)
+            buf = io.BytesIO()
+            Image.fromarray(np.round(sl * 255).astype(np.uint8)).save(buf, format="JPEG", quality=quality)
+            out[i] = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float32) / 255
+        return out
+
+    def crop_resize(x):
+        frac = rng.uniform(0.8, 0.95, 3)
+        size = np.maximum(4, np.round(frac * x.shape).astype(int))
+        start = [int(rng.integers(0, s - c + 1)) for s, c in zip(x.shape, size)]
+        crop = x[tuple(slice(a, a + c) for a, c in zip(start, size))]
+        return fit_to_shape(crop, x.shape)
+
+    def contrast(x):
+        c = rng.uniform(0.6, 1.4)
+        return (x - x.mean()) * c + x.mean()
+
+    fns = {
+        "exact": lambda x: x.copy(),
+        "flip": flip, "shift": shift, "rotate": rotate,
+        "gamma": lambda x: x ** rng.uniform(0.7, 1.4),
+        "noise": lambda x: x + rng.normal(0, rng.uniform(0.02, 0.05), x.shape),
+        "blur": lambda x: np.asarray(GaussianSmooth(sigma=float(rng.uniform(0.5, 1.0)))(torch.from_numpy(x[None]))[0]),
+        "jpeg": jpeg, "crop_resize": crop_resize, "contrast": contrast,
+    }
+    return {k: (lambda x, f=f: np.clip(f(x), 0, 1).astype(np.float32)) for k, f in fns.items()}
+
+
+# =============================================================================================== accuracy
+
+
+def deduplicate(pool: list[tuple[np.ndarray, str]], max_ncc: float = 0.95,
+                seed: int = 0) -> tuple[list[tuple[np.ndarray, str]], int]:
+    """Greedy, in a seeded random order: keep an image unless it has NCC > max_ncc with a kept image of another
+    group. Returns the kept pool and how many were dropped."""
+    from audit.search import topk_similarity
+
+    images = np.stack([p[0] for p in pool])
+    scores, index = topk_similarity(images, images, k=min(20, len(pool)), metric="ncc")
+    order = np.random.default_rng(seed).permutation(len(pool))
+    kept = np.zeros(len(pool), bool)
+    for i in order:
+        clash = [j for s, j in zip(scores[i], index[i]) if s > max_ncc and kept[j] and pool[j][1] != pool[i][1]]
+        kept[i] = not clash
+    return [p for p, k in zip(pool, kept) if k], int((~kept).sum())
+
+
+def split_by_group(groups: list[str], fractions: tuple[float, float], seed: int):
+    """Indices of train / holdout / novel; all images of a group (patient, tile) land in one set."""
+    unique = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(unique)
+    n_train = int(round(fractions[0] * len(unique)))
+    n_hold = int(round(fractions[1] * len(unique)))
+    role = {g: (0 if i < n_train else 1 if i < n_train + n_hold else 2) for i, g in enumerate(unique)}
+    idx = np.arange(len(groups))
+    roles = np.array([role[g] for g in groups])
+    return idx[roles == 0], idx[roles == 1], idx[roles == 2]
+
+
+def evaluate_domain(domain: str, pool: list[tuple[np.ndarray, str]], transforms: dict, scorer_names: list[str],
+                    n_replicas: int, quantile: float, seed: int, scorer_options: dict,
+                    scores_dir: str | None = None) -> dict:
+    from attacks.replicas.calibrate import calibrate
+    from attacks.replicas.combined import MaxZCombiner, TailPCombiner
+    from attacks.replicas.registry import make_scorer
+    from audit.metrics.statistics import rate_estimate, roc_auc, tpr_at_fpr
+
+    images = np.stack([p[0] for p in pool]).astype(np.float32)
+    groups = [p[1] for p in pool]  # tiles, slices, cubes: one group each; phantom views: their patient
+    train_idx, hold_idx, novel_idx = split_by_group(groups, (0.45, 0.2), seed)
+    train, holdout, novel = images[train_idx], images[hold_idx], images[novel_idx]
+    rng = np.random.default_rng(seed + 1)
+    replica_sets, sources = [], []
+    for name, fn in transforms.items():
+        src = rng.choice(len(train), size=min(n_replicas, len(train)), replace=False)
+        replica_sets.append(np.stack([fn(train[i]) for i in src]))
+        sources.append(src)
+    replicas = np.concatenate(replica_sets)
+    queries = np.concatenate([holdout, novel, replicas])
+    n_h, n_n = len(holdout), len(novel)
+    print(f"[{domain}] pool {len(images)} → train {len(train)}, holdout {n_h}, novel {n_n}, "
+          f"replicas {len(replicas)} ({len(transforms)} × {len(replica_sets[0])})", flush=True)
+
+    scores, nearest, seconds = {}, {}, {}
+    for name in scorer_names:
+        t0 = time.perf_counter()
+        scorer = make_scorer(name, **scorer_options)
+        result = scorer.fit(train).score(queries)
+        scores[name], nearest[name] = np.asarray(result.scores, np.float64), np.asarray(result.nearest)
+        seconds[name] = time.perf_counter() - t0
+        print(f"[{domain}] {name}: {seconds[name]:.1f} s for {len(queries)} queries × {len(train)} train",
+              flush=True)
+    if scores_dir is not None:  # raw scores, for analyses beyond this table
+        np.savez(Path(scores_dir) / f"scores_{domain}.npz", n_holdout=n_h, n_novel=n_n,
+                 transforms=np.array(list(transforms)), sources=np.concatenate(sources),
+                 **{f"score_{n}": v for n, v in scores.items()}, **{f"nearest_{n}": v for n, v in nearest.items()})
+    holdout_scores = {n: s[:n_h] for n, s in scores.items()}
+    nearest_by_scorer = np.stack([nearest[n] for n in scorer_names], 1)
+    combiners = {"combined": TailPCombiner().fit(holdout_scores),  # the suite's definition
+                 "combined_max_z": MaxZCombiner().fit(holdout_scores)}  # the first one, for comparison
+    voxel = [n for n in scorer_names if n in VOXEL_SCORERS]
+    if 0 < len(voxel) < len(scorer_names):  # the voxel levels alone, beside all levels together
+        combiners["combined_voxel"] = TailPCombiner().fit({n: holdout_scores[n] for n in voxel})
+    single = dict(scores)
+    for cname, combiner in combiners.items():
+        used = combiner.scorers
+        combined, decisive = combiner.combine({n: single[n] for n in used})
+        scores[cname] = combined
+        columns = [scorer_names.index(n) for n in used]
+        nearest[cname] = nearest_by_scorer[:, columns][np.arange(len(combined)), decisive]
+
+    rows, calibration = [], {}
+    for name, s in scores.items():
+        cal = calibrate(name, s[:n_h], s[n_h + n_n:], quantile)
+        neg = s[n_h:n_h + n_n]
+        fpr_cal = rate_estimate(int((neg > cal.threshold).sum()), n_n)
+        calibration[name] = {"threshold": cal.threshold, "novel_fpr": fpr_cal.to_dict()}
+        offset = n_h + n_n
+        for t, (tname, src) in enumerate(zip(transforms, sources)):
+            pos = s[offset:offset + len(src)]
+            near = nearest[name][offset:offset + len(src)]
+            offset += len(src)
+            labels = np.r_[np.ones(len(pos), bool), np.zeros(n_n, bool)]
+            both = np.r_[pos, neg]
+            rows.append({"domain": domain, "scorer": name, "transform": tname, "n_pos": len(pos), "n_neg": n_n,
+                         "auc": roc_auc(labels, both), "tpr_at_1pct_fpr": tpr_at_fpr(labels, both, 0.01),
+                         "tpr_calibrated": float(np.mean(pos > cal.threshold)),
+                         "fpr_calibrated": fpr_cal.value, "nearest_is_source": float(np.mean(near == src))})
+    return {"domain": domain, "sizes": {"train": len(train), "holdout": n_h, "novel": n_n,
+                                        "replicas_per_transform": len(replica_sets[0])},
+            "seconds": seconds, "calibration": calibration, "rows": rows,
+            "combiners": {n: c.describe() for n, c in combiners.items()}}
+
+
+# =============================================================================================== speed
+
+
+def matmul_peak(d: int, n: int = 4096, repeats: int = 5) -> float:
+    """Best GFLOP/s of a float32 (n × d) @ (d × n) product — the ceiling of any dot-product search."""
+    import torch
+
+    a, b = torch.randn(n, d), torch.randn(d, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n * n * d / best / 1e9
+
+
+def shortlist_throughput(d: int, n_queries: int, n_refs: int, repeats: int = 3) -> dict:
+    from audit.search import topk_similarity
+
+    rng = np.random.default_rng(0)
+    q = rng.random((n_queries, d), dtype=np.float32)
+    r = rng.random((n_refs, d), dtype=np.float32)
+    topk_similarity(q[:64], r[:4096], k=10, metric="ncc")  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        topk_similarity(q, r, k=10, metric="ncc")
+        best = min(best, time.perf_counter() - t0)
+    peak = matmul_peak(d)
+    pairs = n_queries * n_refs / best
+    peak_pairs = peak * 1e9 / (2 * d)
+    return {"d": d, "queries": n_queries, "references": n_refs, "seconds": best, "pairs_per_s": pairs,
+            "matmul_peak_gflops": peak, "peak_pairs_per_s": peak_pairs, "fraction_of_peak": pairs / peak_pairs}
+
+
+def two_stage_vs_brute_force(work: Path, n_refs: int, n_queries: int, brute_queries: int, seed: int = 3) -> dict:
+    """Two-stage SSIM top-1 vs exhaustive SSIM top-1 on 2D phantom mammograms (128²)."""
+    from attacks.replicas.voxel import VoxelScorer
+    from audit.metrics.similarity import ssim
+
+    patients = (n_refs + n_queries) // 4 + 2
+    pool = mammo_phantom_views(patients, work / "speed", seed=seed)
+    images = np.stack([p[0] for p in pool])
+    refs = images[:n_refs]
+    rng = np.random.default_rng(seed)
+    n_copies = n_queries // 2
+    tf = transforms_2d(seed)
+    kinds = [t for t in TRANSFORMS if t != "flip"]  # brute force compares orientations as they are
+    src = rng.choice(n_refs, n_copies, replace=False)
+    copies = np.stack([tf[kinds[i % len(kinds)]](refs[s]) for i, s in enumerate(src)])
+    novel = images[len(images) - (n_queries - n_copies):]
+    queries = np.concatenate([copies, novel])
+
+    scorer = VoxelScorer("ssim", k=10, flips=False).fit(refs)
+    t0 = time.perf_counter()
+    two_stage = scorer.score(queries)
+    t_two = time.perf_counter() - t0 + 0.0
+
+    # brute force on a subset (half copies, half novel), timed and extrapolated linearly to all queries
+    subset = np.r_[np.arange(brute_queries // 2), n_copies + np.arange(brute_queries - brute_queries // 2)]
+    brute_best = np.empty(len(subset), np.int64)
+    t0 = time.perf_counter()
+    for j, q in enumerate(subset):
+        values = ssim(np.broadcast_to(queries[q], refs.shape), refs, batch_size=256)
+        brute_best[j] = int(np.argmax(values))
+    t_brute_subset = time.perf_counter() - t0
+    t_brute = t_brute_subset * len(queries) / len(subset)
+    agree = two_stage.nearest[subset] == brute_best
+    half = brute_queries // 2
+    return {"references": n_refs, "queries": len(queries), "image_shape": list(SIZE_2D), "k": 10,
+            "two_stage_seconds": t_two, "brute_force_subset_queries": len(subset),
+            "brute_force_subset_seconds": t_brute_subset, "brute_force_seconds_extrapolated": t_brute,
+            "time_ratio": t_brute / t_two, "agreement": float(agree.mean()),
+            "agreement_copies": float(agree[:half].mean()), "agreement_novel": float(agree[half:].mean()),
+            "copies_found_by_two_stage": float(np.mean(two_stage.nearest[:n_copies] == src))}
+
+
+MEMORY_CHILD = r"""
+import resource, sys, time, numpy as np, torch
+torch.set_num_threads(int(sys.argv[4]))
+from audit.search import topk_similarity
+nq, nr, d = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+q = rng.standard_normal((nq, d), dtype=np.float32)
+r = rng.standard_normal((nr, d), dtype=np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+s, i = topk_similarity(q, r, k=10, metric="cosine")
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(base, peak, dt, s.shape[0], s.shape[1])
+"""
+
+
+def search_memory(n_queries: int, n_refs: int, d: int, threads: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(n_queries), str(n_refs), str(d), str(threads)],
+                         capture_output=True, text=True, check=True)
+    base, peak, seconds, *_ = out.stdout.split()
+    return {"queries": n_queries, "references": n_refs, "d": d, "k": 10,
+            "peak_rss_gb": int(peak) / 2**20, "rss_before_search_gb": int(base) / 2**20,
+            "dense_matrix_would_be_gb": n_queries * n_refs * 4 / 2**30, "seconds": float(seconds)}
+
+
+# =============================================================================================== report
+
+
+def fmt(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for dom in results.get("accuracy", []):
+        s = dom["sizes"]
+        lines.append(f"\n### {dom['domain']}: train {s['train']}, holdout {s['holdout']}, novel {s['novel']}, "
+                     f"{s['replicas_per_transform']} replicas per transformation\n")
+        scorers = list(dom["calibration"])
+        lines.append("| transformation | " + " | ".join(f"{n} AUC / TPR@1%FPR / TPR@cal" for n in scorers) + " |")
+        lines.append("|---|" + "---|" * len(scorers))
+        for t in TRANSFORMS:
+            cells = []
+            for n in scorers:
+                r = next(x for x in dom["rows"] if x["scorer"] == n and x["transform"] == t)
+                cells.append(f"{fmt(r['auc'])} / {fmt(r['tpr_at_1pct_fpr'])} / {fmt(r['tpr_calibrated'])}")
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        fprs = ", ".join(f"{n} {dom['calibration'][n]['novel_fpr']['value']:.3f} "
+                         f"[{dom['calibration'][n]['novel_fpr']['ci_low']:.3f}, "
+                         f"{dom['calibration'][n]['novel_fpr']['ci_high']:.3f}]" for n in scorers)
+        lines.append(f"\nFPR on novel images at the calibrated threshold (Wilson 95%): {fprs}.")
+        near = ", ".join(f"{n} {np.mean([r['nearest_is_source'] for r in dom['rows'] if r['scorer'] == n]):.3f}"
+                         for n in scorers)
+        lines.append(f"Nearest training image = the replica's source (mean over transformations): {near}.")
+        secs = ", ".join(f"{n} {v:.0f} s" for n, v in dom["seconds"].items())
+        lines.append(f"Scoring time (fit + all queries): {secs}.")
+    sp = results.get("speed", {})
+    if sp:
+        lines.append("\n### Speed\n")
+        lines.append("| measurement | value |")
+        lines.append("|---|---|")
+        for t in sp.get("shortlist", []):
+            lines.append(f"| shortlist search d={t['d']}, {t['queries']}×{t['references']}, top-10 | "
+                         f"{t['pairs_per_s'] / 1e6:.1f} M pairs/s = {t['fraction_of_peak'] * 100:.0f}% of the "
+                         f"matmul peak ({t['matmul_peak_gflops']:.1f} GFLOP/s → {t['peak_pairs_per_s'] / 1e6:.1f} "
+                         f"M pairs/s) |")
+        ts = sp.get("two_stage")
+        if ts:
+            lines.append(f"| two-stage SSIM top-1 vs brute force, {ts['queries']}×{ts['references']} "
+                         f"({ts['image_shape'][0]}²) | agreement {ts['agreement'] * 100:.1f}% on "
+                         f"{ts['brute_force_subset_queries']} queries (copies {ts['agreement_copies'] * 100:.0f}%, "
+                         f"novel {ts['agreement_novel'] * 100:.0f}%); {ts['two_stage_seconds']:.1f} s vs "
+                         f"{ts['brute_force_seconds_extrapolated']:.0f} s (extrapolated from "
+                         f"{ts['brute_force_subset_seconds']:.0f} s on the subset) = {ts['time_ratio']:.0f}× |")
+        mem = sp.get("memory")
+        if mem:
+            lines.append(f"| peak memory, {mem['queries'] // 1000}k × {mem['references'] // 1000}k search, "
+                         f"d={mem['d']} | {mem['peak_rss_gb']:.2f} GB peak RSS (process incl. torch and the "
+                         f"inputs; {mem['rss_before_search_gb']:.2f} GB before the search; the dense matrix "
+                         f"alone would be {mem['dense_matrix_would_be_gb']:.1f} GB); {mem['seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scorers", default="ncc,ssim")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the 2 cores are shared; the peak is measured alike)")
+    parser.add_argument("--quantile", type=float, default=0.99)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/bench_replicas.json")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    scorer_names = [s.strip() for s in args.scorers.split(",") if s.strip()]
+    q = args.quick
+    results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                     "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                     "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                                 "torch_threads": args.threads, "torch": torch.__version__,
+                                 "load_average_at_start": os.getloadavg()},
+                     "scorers": scorer_names, "quantile": args.quantile}
+    work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    if not args.skip_accuracy:
+        from audit.data.imageio import fit_to_shape  # noqa: F401  (data layer import check)
+
+        volume = mni_template()
+        pool_2d = radiograph_tiles() + mni_slices(volume) + mammo_phantom_views(20 if q else 100, work)
+        pool_3d = mni_cubes(volume) + brain_phantom_volumes(30 if q else 150, work)
+        pool_2d, dropped_2d = deduplicate(pool_2d)
+        pool_3d, dropped_3d = deduplicate(pool_3d)
+        results["deduplicated_away"] = {"2D": dropped_2d, "3D": dropped_3d}
+        print(f"pools after de-duplication: 2D {len(pool_2d)} (-{dropped_2d}), 3D {len(pool_3d)} (-{dropped_3d})")
+        options = {"device": "cpu", "batch_size": 64}
+        results["accuracy"] = [
+            evaluate_domain("2D", pool_2d, transforms_2d(args.seed), scorer_names, 30 if q else 100,
+                            args.quantile, args.seed, options, Path(args.out).parent),
+            evaluate_domain("3D", pool_3d, transforms_3d(args.seed), scorer_names, 20 if q else 50,
+                            args.quantile, args.seed, options, Path(args.out).parent),
+        ]
+        results["pools"] = {"2D": len(pool_2d), "3D": len(pool_3d)}
+    if not args.skip_speed:
+        results["speed"] = {
+            "shortlist": [shortlist_throughput(d, 1000 if q else 2000, 5000 if q else 20000) for d in (256, 1024)],
+            "two_stage": two_stage_vs_brute_force(work, 400 if q else 2000, 100 if q else 500, 10 if q else 50),
+            "memory": search_memory(2000 if q else 20000, 10000 if q else 100000, 256, args.threads),
+        }
+    results["seconds_total"] = time.perf_counter() - t_start
+    report = markdown(results)
+    print(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=float))
+    out.with_suffix(".md").write_text(f"Command: `{results['command']}`, {results['date_utc']} UTC, "
+                                      f"{results['machine']['cpu_count']} CPU cores, torch threads "
+                                      f"{args.threads}, load average at start "
+                                      f"{results['machine']['load_average_at_start'][0]:.1f}\n{report}\n")
+    print(f"\nwrote {out} and {out.with_suffix('.md')} ({results['seconds_total']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
