@@ -117,7 +117,7 @@ def format_report(report: InspectReport) -> str:
         lines.append(f"  {name:<18} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     for split, info in report.patients.items():
         if isinstance(info, dict):
-            lines.append(f"  patients[{split}]{'':<8} {info['patients']} "
+            lines.append(f"  {'patients ' + split:<18} {info['patients']} "
                          f"(images/patient {info['images_per_patient_min']}-{info['images_per_patient_max']})")
     if report.patients.get("patients_in_train_and_other_splits"):
         lines.append(f"  WARNING: {report.patients['patients_in_train_and_other_splits']} patients are in train "
