@@ -263,3 +263,16 @@ def test_fused_ddim_step_equals_the_library_scheduler_step(which, request):
         timesteps, step = gen.backend.ddim(7, reference=reference)
         results.append(ddim_sample(gen.predict_noise, noise, cond, timesteps, step, guidance_scale=2.0))
     assert torch.allclose(results[0], results[1], atol=1e-4), (results[0] - results[1]).abs().max()
+
+
+def test_nearest_ncc_finds_the_copied_training_image_in_chunks():
+    from audit.metrics.similarity import ncc
+    from generators.memorization import nearest_ncc
+
+    rng = np.random.default_rng(0)
+    train_images = rng.random((9, 12, 12))
+    queries = np.stack([train_images[4] * 0.5 + 0.2, rng.random((12, 12)), train_images[7]])
+    best, index = nearest_ncc(queries, train_images, chunk=2)
+    assert index[0] == 4 and index[2] == 7 and best[0] == pytest.approx(1.0) and best[2] == pytest.approx(1.0)
+    assert best[1] == pytest.approx(ncc(queries[1:2], train_images[index[1]][None])[0])
+    assert best[1] < 0.5
