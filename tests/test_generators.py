@@ -14,9 +14,10 @@ from generators.ldm import LDM2D, LDM3D, LatentDiffusionGenerator
 from generators.training import TrainingData, diffusion_loss, encode_all, index_batch, step_generator, train
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    # the test machine is shared: one thread avoids OpenMP oversubscription (several times slower otherwise)
+    # the test machine is shared: one thread avoids OpenMP oversubscription (several times slower otherwise);
+    # module scope, so the module-scoped model fixtures train with it too
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -20,14 +20,18 @@ from generators.loading import load_generator
 TRAIN_IDS = [f"img{i:02d}" for i in range(10)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path):
-    monkeypatch.setenv("SYNTH_AUDIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SYNTH_AUDIT_PROGRESS", "off")
+@pytest.fixture(autouse=True, scope="module")
+def quiet_single_thread(tmp_path_factory):
+    # one thread: the machine is shared and OpenMP threads spin against other jobs; module scope so that the
+    # module-scoped training fixture runs under it; a private preprocessing cache; no progress bars
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SYNTH_AUDIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    patch.setenv("SYNTH_AUDIT_PROGRESS", "off")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+    patch.undo()
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
