@@ -78,7 +78,13 @@ def load_training_data(dataset: ImageDataset, records) -> TrainingData:
 
 
 def run_key(config: GeneratorConfig, seed: int, conditions: Sequence[Condition]) -> str:
-    payload = {"config": config.model_dump(mode="json"), "seed": seed, "ids": [c.source_id for c in conditions]}
+    """What must not change for a checkpoint to continue a run. The number of diffusion steps may grow: nothing
+    depends on it (constant learning rate, per-step randomness), so training longer continues the run exactly."""
+    dumped = config.model_dump(mode="json")
+    dumped["unet"].pop("steps")
+    for cadence in ("checkpoint_every", "log_every"):
+        dumped["training"].pop(cadence)
+    payload = {"config": dumped, "seed": seed, "ids": [c.source_id for c in conditions]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -143,7 +149,11 @@ def start_or_resume(config: GeneratorConfig, data: TrainingData, shape, out: Pat
             raise AuditInputError(out, "holds a training run with another config, seed or data; "
                                        "choose another --out (or delete it to start over)")
         state = TrainingState(key, saved["stage"], int(saved["step"]), list(saved["history"]), float(saved["seconds"]))
-        return LatentDiffusionGenerator.load(out, device), state
+        if state.stage == "complete" and state.step < config.unet.steps:
+            state.stage = "diffusion"  # a longer diffusion stage was asked for: continue it
+        generator = LatentDiffusionGenerator.load(out, device)
+        generator.config = config  # the same run; only the step count or the checkpoint cadence may differ
+        return generator, state
     fields = config.conditioning.fields if config.conditioning.fields is not None else auto_fields(data.conditions)
     vocabulary = LabelVocabulary.build(data.conditions, fields)
     with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed, not from global state
@@ -233,7 +243,7 @@ def train(config: GeneratorConfig, data: TrainingData, out: str | Path, seed: in
             for m in generator.backend.diffusion_modules:
                 m.eval()
             if state.step >= un_cfg.steps:
-                state.stage, state.step, optimizer = "complete", 0, None
+                state.stage = "complete"  # step stays: a later call with more steps continues from here
             _save(generator, out, state, optimizer, started)
     except KeyboardInterrupt:
         interrupted = True

@@ -151,6 +151,18 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
     assert a.latent_scale == pytest.approx(b.latent_scale, rel=1e-6)
 
 
+def test_training_longer_continues_a_finished_run_exactly(tmp_path):
+    data = TrainingData(blob_images(8, (16, 16)), mammo_conditions(8))
+    train(tiny_config(ae_steps=4, unet_steps=10), data, tmp_path / "straight", seed=2, progress=False)
+    train(tiny_config(ae_steps=4, unet_steps=4), data, tmp_path / "longer", seed=2, progress=False)
+    result = train(tiny_config(ae_steps=4, unet_steps=10), data, tmp_path / "longer", seed=2, progress=False)
+    assert result.steps_this_run == 6 and result.state.stage == "complete"
+    a, b = LDM2D.load(tmp_path / "straight"), LDM2D.load(tmp_path / "longer")
+    for (name, pa), pb in zip(a.backend.unet.state_dict().items(), b.backend.unet.state_dict().values()):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+    assert b.describe()["config"]["unet"]["steps"] == 10
+
+
 def test_training_refuses_an_out_folder_of_another_run(tmp_path, trained_2d):
     from audit.errors import AuditInputError
 
