@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                        "or a YAML file")
     source.add_argument("--train-folder", metavar="DIR", help="a plain folder of images (any accepted format)")
     train.add_argument("--data-root", metavar="DIR", help="folder holding the dataset (overrides the preset's root)")
+    train.add_argument("--cache-dir", metavar="DIR",
+                       help="preprocessing cache (default: $SYNTH_AUDIT_CACHE or ~/.cache/synth-audit)")
     train.add_argument("--split", default="train", help="split of the preset to train on (default: train; "
                                                         "all images when the dataset has no such split)")
     train.add_argument("--shape", metavar="HxW", help="--train-folder: resample images to this shape "
@@ -102,7 +104,6 @@ def load_training_images(args: argparse.Namespace) -> tuple[np.ndarray, list[str
     else:
         from audit.commands.common import data_config_from_args
 
-        args.cache_dir = getattr(args, "cache_dir", None)
         dataset = open_dataset(data_config_from_args(args))
         if any(r.split == args.split for r in dataset.records):
             dataset = dataset.subset(split=args.split)

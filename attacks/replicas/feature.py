@@ -42,6 +42,7 @@ class FeatureScorer:
         self.encoder_builder = encoder_builder
         self.k = k
         self.train_embeddings: np.ndarray | None = None
+        self.train_shape: tuple[int, ...] | None = None
 
     def fit(self, train: np.ndarray) -> "FeatureScorer":
         train = np.asarray(train, dtype=np.float32)
@@ -50,12 +51,17 @@ class FeatureScorer:
         if self.encoder_builder is not None:
             self.encoder = self.encoder_builder(train)
         self.train_embeddings = self.encoder.embed(train)
+        self.train_shape = tuple(train.shape[1:])
         return self
 
     def score(self, queries: np.ndarray) -> ReplicaScores:
         if self.train_embeddings is None:
             raise RuntimeError("feature scorer: call fit(train) before score(queries)")
-        query_embeddings = self.encoder.embed(np.asarray(queries, dtype=np.float32))
+        queries = np.asarray(queries, dtype=np.float32)
+        if tuple(queries.shape[1:]) != self.train_shape:
+            raise AuditInputError(None, f"feature scorer: query shape {queries.shape[1:]} differs from the training "
+                                        f"shape {self.train_shape}")
+        query_embeddings = self.encoder.embed(queries)
         scores, index = topk_cosine(query_embeddings, self.train_embeddings, self.k)
         return ReplicaScores(scores=scores[:, 0].astype(np.float64), nearest=index[:, 0].astype(np.int64),
                              topk_scores=scores, topk_index=index)
