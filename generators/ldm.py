@@ -127,11 +127,11 @@ class LatentDiffusionGenerator:
             return self.backend.encode(x[:, None]) * self.latent_scale
 
     def denoiser(self) -> Denoiser:
-        def predict(x_t, t, conditions):
+        def predict(x_t: torch.Tensor, t, conditions: Sequence[Condition] | None) -> torch.Tensor:
+            batch = x_t.shape[0]
             cond = self.encode_conditions(conditions) if conditions is not None else \
-                self.encode_conditions([Condition()] * x_t.shape[0]).null()
-            t = torch.as_tensor(t, device=self.device).long().expand(x_t.shape[0]) if torch.as_tensor(t).ndim == 0 \
-                else torch.as_tensor(t, device=self.device).long()
+                self.encode_conditions([Condition()] * batch).null()
+            t = torch.as_tensor(t, device=self.device).long().expand(batch)  # a scalar t applies to all rows
             with torch.no_grad():
                 return self.backend.predict_noise(x_t.to(self.device), t, cond)
 

@@ -7,6 +7,8 @@ and ends with exactly the folder an uninterrupted run would have written. 2D →
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +76,18 @@ def generate_to_folder(generator: Generator, out: str | Path, n: int, seed: int 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    description = generator.describe()
-    run = {"model": {k: description.get(k) for k in ("kind", "checkpoint_hash")}, "seed": int(seed)}
+    # what the images depend on (model incl. sampling settings, seed, given conditions) — n is not part of it
+    description = json.loads(json.dumps(generator.describe(), default=str))
+    given = None
+    if conditions:
+        given = hashlib.sha256(json.dumps([condition_to_row(c) for c in conditions], sort_keys=True).encode())
+    run = {"generator": description, "seed": int(seed), "conditions": given.hexdigest() if given else "default"}
     if (out / RUN_FILE).is_file():
         previous = read_json(out / RUN_FILE)
         if {k: previous.get(k) for k in run} != run:
-            raise AuditInputError(out, "already holds images from another model or seed; choose another --out")
-    write_json(out / RUN_FILE, {**run, "n": n, "generator": description})
+            raise AuditInputError(out, "already holds images from another model, sampling setting, seed or "
+                                       "conditions; choose another --out")
+    write_json(out / RUN_FILE, {**run, "n": n})
     for stale in out.glob(".*.tmp*"):
         stale.unlink()  # leftovers of a crash mid-write
 

@@ -122,8 +122,11 @@ def test_generate_rerun_after_a_crash_equals_an_uninterrupted_run(workspace, tmp
     for i in range(7):
         np.testing.assert_allclose(read_png(tmp_path / "c" / f"{i:06d}.png"),
                                    read_png(tmp_path / "a" / f"{i:06d}.png"), atol=2 / 65535)
-    # another seed into the same folder would mix two runs: refused
+    # another seed or sampling setting into the same folder would mix two runs: refused; more images: fine
     assert generate(ckpt, tmp_path / "a", "--n", "7", "--seed", "5") == 2
+    assert generate(ckpt, tmp_path / "a", "--n", "7", "--seed", "4", "--guidance", "1.0") == 2
+    assert generate(ckpt, tmp_path / "a", "--n", "8", "--seed", "4") == 0
+    assert (tmp_path / "a" / "000007.png").is_file()
 
 
 def test_generated_folder_reads_back_with_conditions_and_source_ids(workspace, tmp_path):
