@@ -4,7 +4,8 @@ Similarities:
 - ``cosine``: dot product of L2-normalised rows;
 - ``ncc``: normalised cross-correlation of flattened images = dot product of z-scored rows divided by d
   (population std; a constant row has NCC 0 with everything);
-- ``dot``: raw inner product (for embeddings that are already normalised).
+- ``dot``: raw inner product (for embeddings that are already normalised);
+- ``l2``: negative squared Euclidean distance −|q − r|² (so that higher = more similar, like the others).
 
 The torch backend walks query chunks × reference chunks and keeps a running top-k per query, so memory is
 O(chunk_queries × chunk_references) whatever Q and M are. Results are exact and deterministic: among equal
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-METRICS = ("cosine", "ncc", "dot")
+METRICS = ("cosine", "ncc", "dot", "l2")
 BACKENDS = ("torch", "faiss")
 
 
@@ -32,7 +33,7 @@ def faiss_available() -> bool:
 def normalise_rows(x: torch.Tensor, metric: str) -> torch.Tensor:
     """Rows prepared so that the similarity is a plain dot product (float32)."""
     x = x.reshape(x.shape[0], -1).to(torch.float32)
-    if metric == "dot":
+    if metric in ("dot", "l2"):
         return x
     if metric == "ncc":
         centred = x - x.mean(dim=1, keepdim=True)
@@ -133,6 +134,8 @@ def topk_similarity(queries, references, k: int = 10, metric: str = "cosine", *,
             if r.shape[1] != q.shape[1]:
                 raise ValueError(f"queries have {q.shape[1]} features, references {r.shape[1]}")
             sims = q @ r.T
+            if metric == "l2":  # −|q − r|² = 2 q·r − |q|² − |r|², from the same product
+                sims = 2 * sims - q.pow(2).sum(1, keepdim=True) - r.pow(2).sum(1).unsqueeze(0)
             s, i = chunk_topk(sims, k, m0)
             best_scores, best_index = merge_topk(best_scores, best_index, s, i, k)
         out_scores[q0:q0 + len(q)] = best_scores.cpu().numpy()
@@ -145,15 +148,18 @@ def topk_similarity(queries, references, k: int = 10, metric: str = "cosine", *,
 
 
 def _faiss_topk(queries, references, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Exact search with faiss IndexFlatIP on rows normalised like the torch backend."""
+    """Exact search with a faiss flat index (inner product, or L2 for ``l2``) on rows prepared like the torch
+    backend."""
     try:
         import faiss
     except ImportError:
         raise ImportError("backend 'faiss' needs faiss-cpu: pip install 'synth-audit[faiss]'") from None
     q = normalise_rows(torch.as_tensor(np.asarray(queries)), metric).numpy()
     r = normalise_rows(torch.as_tensor(np.asarray(references)), metric).numpy()
-    index = faiss.IndexFlatIP(r.shape[1])
+    index = faiss.IndexFlatL2(r.shape[1]) if metric == "l2" else faiss.IndexFlatIP(r.shape[1])
     index.add(np.ascontiguousarray(r))
     scores, idx = index.search(np.ascontiguousarray(q), k)
+    if metric == "l2":
+        scores = -scores  # faiss returns squared distances
     s, i = _order_by_score_then_index(torch.from_numpy(scores), torch.from_numpy(idx))
     return s.numpy(), i.numpy()

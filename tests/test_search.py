@@ -43,6 +43,17 @@ def test_random_float_matches_brute_force(metric, chunks):
     np.testing.assert_allclose(got_s, want_s, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunks", [(5, 7), (64, 1000)])
+def test_l2_is_negative_squared_distance(chunks):
+    rng = np.random.default_rng(6)
+    q, r = rng.random((23, 10)).astype(np.float32), rng.random((71, 10)).astype(np.float32)
+    dist = ((q[:, None].astype(np.float64) - r[None]) ** 2).sum(-1)
+    want_i = np.argsort(dist, axis=1, kind="stable")[:, :4]
+    s, i = topk_similarity(q, r, k=4, metric="l2", chunk_queries=chunks[0], chunk_references=chunks[1])
+    np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_allclose(s, -np.take_along_axis(dist, want_i, 1), atol=1e-5)
+
+
 def test_ncc_is_pearson_correlation_and_cosine_is_normalised_dot():
     rng = np.random.default_rng(2)
     q, r = rng.random((3, 4, 5)), rng.random((6, 4, 5))  # image-shaped rows are flattened

@@ -62,7 +62,7 @@ class TailModel:
         n = len(self.sorted_null)
         at_least = n - np.searchsorted(self.sorted_null, x, side="left")  # #{h >= x}
         empirical = (1 + at_least) / (n + 1)
-        tail = self.tail_mass * np.exp(-(x - self.u) / self.beta)
+        tail = self.tail_mass * np.exp(-(np.maximum(x, self.u) - self.u) / self.beta)  # only used above u
         p = np.where(x > self.u, tail, empirical)
         return -np.log10(p)
 

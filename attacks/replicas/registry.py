@@ -93,11 +93,11 @@ def parse_scorer_list(text: str) -> list[str]:
 
 def _voxel_factory(measure: str) -> ScorerFactory:
     def factory(k: int = 10, device: str = "cpu", batch_size: int = 64, shortlist_side: int | None = None,
-                flips: bool = True):
+                shortlist_metric: str = "ncc", flips: bool = True):
         from attacks.replicas.voxel import VoxelScorer
 
-        return VoxelScorer(measure=measure, k=k, shortlist_side=shortlist_side, flips=flips, device=device,
-                           batch_size=batch_size)
+        return VoxelScorer(measure=measure, k=k, shortlist_side=shortlist_side, shortlist_metric=shortlist_metric,
+                           flips=flips, device=device, batch_size=batch_size)
 
     factory.__name__ = f"make_{measure}_scorer"
     return factory

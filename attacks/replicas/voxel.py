@@ -2,8 +2,9 @@
 downsampling, shortlist size and measures below are our choices).
 
 Two stages, 2D and 3D alike:
-1. shortlist: NCC between area-downsampled images (32² for 2D, 16³ for 3D) through the chunked exact search
-   (`audit.search`), keeping the top `k` (default 10) training images per query — cheap, never Q×N;
+1. shortlist: NCC (or, optionally, Euclidean distance) between area-downsampled images (32² for 2D, 16³ for 3D)
+   through the chunked exact search (`audit.search`), keeping the top `k` (default 10) training images per
+   query — cheap, never Q×N;
 2. re-rank the shortlist at full resolution by the scorer's measure:
    - ``ncc``: normalised cross-correlation of the intensity-normalised (z-scored) images;
    - ``ssim``: SSIM (11-tap Gaussian, data range 1) of the [0, 1] images;
@@ -33,6 +34,9 @@ from audit.search import normalise_rows, topk_similarity
 SHORTLIST_SIDE = {2: 32, 3: 16}
 MEASURES = ("ncc", "ssim", "ncc_shift")
 MAX_SHIFT = 0.1
+# "ncc" (RELICT-like, the default) or "l2" (raw intensities: closer to SSIM, which also compares luminance and
+# contrast; measured in benchmarks/bench_replicas.py as the two-stage agreement with brute-force SSIM)
+SHORTLIST_METRICS = ("ncc", "l2")
 
 
 @torch.no_grad()
@@ -52,6 +56,7 @@ class VoxelScorer:
     """NCC shortlist on downsampled images, re-ranked at full resolution by NCC or SSIM."""
 
     def __init__(self, measure: str = "ncc", k: int = 10, shortlist_side: int | None = None,
+                 shortlist_metric: str = "ncc",
                  flips: bool = True, device: str = "cpu", batch_size: int = 64,
                  max_pair_bytes: int = 256 * 2**20):
         if measure not in MEASURES:
@@ -62,6 +67,10 @@ class VoxelScorer:
         self.measure = measure
         self.k = k
         self.shortlist_side = shortlist_side
+        if shortlist_metric not in SHORTLIST_METRICS:
+            raise AuditInputError(None, f"voxel scorer: unknown shortlist metric '{shortlist_metric}' "
+                                        f"(known: {', '.join(SHORTLIST_METRICS)})")
+        self.shortlist_metric = shortlist_metric
         self.flips = flips
         self.device = device
         self.batch_size = batch_size
@@ -88,7 +97,7 @@ class VoxelScorer:
     def shortlist(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(downsampled NCC (Q, k), training indices (Q, k)) — stage 1."""
         small = downsample(queries, self._side(queries.ndim - 1))
-        return topk_similarity(small, self.train_small, k=self.k, metric="ncc", device=self.device)
+        return topk_similarity(small, self.train_small, k=self.k, metric=self.shortlist_metric, device=self.device)
 
     def pair_scores(self, queries: np.ndarray, index: np.ndarray) -> np.ndarray:
         """The full-resolution measure of every (query, shortlisted training image) pair → (Q, k)."""
@@ -140,7 +149,8 @@ class VoxelScorer:
 
     def describe(self) -> dict:
         return {"name": self.name, "level": "voxel (RELICT image level, re-implementation)",
-                "shortlist": f"NCC on images area-downsampled to {self.shortlist_side or SHORTLIST_SIDE}",
+                "shortlist": f"{self.shortlist_metric} on images area-downsampled to "
+                             f"{self.shortlist_side or SHORTLIST_SIDE}",
                 "k": self.k, "rerank": self.measure + " at full resolution",
                 "orientations": "as is + mirrored along each axis" if self.flips else "as is"}
 
