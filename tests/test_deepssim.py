@@ -146,6 +146,10 @@ def test_foreign_and_broken_checkpoints_are_clean_errors(trained, tmp_path):
     (folder / "config.json").write_text(json.dumps({**meta, "config": {**meta["config"], "widths": [8, 8]}}))
     with pytest.raises(AuditInputError, match="do not fit the model"):
         load_deepssim(folder)
+    (folder / "config.json").write_text(json.dumps({**meta, "config": {**meta["config"],
+                                                                       "input_normalisation": "bogus"}}))
+    with pytest.raises(AuditInputError, match="unknown input_normalisation"):
+        load_deepssim(folder)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(AuditInputError, match="unreadable"):
         load_deepssim(folder)

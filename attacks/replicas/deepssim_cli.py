@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, default=32, help="pairs per step")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--backbone", default="small-cnn", help="small-cnn (default) or timm:<model> (2D)")
+    train.add_argument("--input-normalisation", choices=("zscore", "fixed"), default="zscore",
+                       help="network input: z-scored per image (default, as DeepSSIM) or a fixed map of [0, 1]")
     train.add_argument("--weights", metavar="PATH", help="timm backbone: local safetensors weights to start from")
     train.add_argument("--heldout-fraction", type=float, default=0.1,
                        help="share of images (patients) kept out of training for the Spearman check")
@@ -119,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
     images, groups, source = load_training_images(args)
     if len(images) < 4:
         raise AuditInputError(None, f"{source}: {len(images)} images; DeepSSIM training needs at least 4")
-    config = default_config(images.shape[1:], backbone=args.backbone)
+    config = default_config(images.shape[1:], backbone=args.backbone, input_normalisation=args.input_normalisation)
     backbone_state = None
     if args.weights:
         backbone_state = _timm_backbone_state(args.backbone.partition(":")[2], args.weights)
