@@ -224,3 +224,40 @@ def test_train_command_end_to_end(tmp_path, capsys):
     assert main(["deepssim", "train", "--train-folder", str(folder), "--out", str(tmp_path / "y"),
                  "--epochs", "0"]) == 2
     assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_heldout_split_keeps_patients_apart():
+    from attacks.replicas.deepssim import split_heldout
+
+    groups = [f"p{i // 4}" for i in range(40)]  # 10 patients x 4 images
+    kept, held = split_heldout(40, 0.1, seed=0, groups=groups)
+    assert len(held) == 4 and len(kept) == 36  # one whole patient
+    assert not {groups[i] for i in kept} & {groups[i] for i in held}
+    kept, held = split_heldout(12, 0.1, seed=0)
+    assert len(held) == 2 and sorted(np.concatenate([kept, held])) == list(range(12))  # at least 2 held out
+    kept, held = split_heldout(12, 0.0, seed=0)
+    assert len(held) == 0
+
+
+def test_train_command_with_a_timm_backbone_from_local_weights(tmp_path, capsys):
+    import timm
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from audit.cli import main
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for i, image in enumerate(structured_images(8, (32, 32), seed=11)):
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    weights = tmp_path / "rgb_classifier.safetensors"  # an ImageNet-style checkpoint: RGB stem + 5-class head
+    save_file(timm.create_model("test_resnet", pretrained=False, in_chans=3, num_classes=5).state_dict(),
+              str(weights))
+    args = ["deepssim", "train", "--train-folder", str(folder), "--shape", "32x32", "--epochs", "1",
+            "--batch-size", "4", "--backbone", "timm:test_resnet"]
+    assert main(args + ["--out", str(tmp_path / "ck"), "--weights", str(weights)]) == 0
+    model = load_deepssim(tmp_path / "ck")  # the checkpoint alone rebuilds it: no weights file needed
+    assert model.config.backbone == "timm:test_resnet"
+    assert model.embed(structured_images(2, (32, 32), seed=12)).shape == (2, 256)
+    assert main(args + ["--out", str(tmp_path / "ck2"), "--weights", str(tmp_path / "missing.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -327,18 +327,27 @@ class TrainReport:
 
 
 def split_heldout(n: int, fraction: float, seed: int, groups: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, held-out indices); with `groups` (patient ids) no group is on both sides."""
+    """(train indices, held-out indices): about `fraction` of the images, at least 2 (a correlation needs pairs);
+    with `groups` (patient ids) whole groups are held out, so no patient is on both sides."""
     rng = np.random.default_rng(seed)
     if fraction <= 0 or n < 4:
         return np.arange(n), np.zeros(0, np.int64)
+    target = max(2, int(round(n * fraction)))
     if groups is None:
         order = rng.permutation(n)
-        cut = max(1, int(round(n * fraction)))
-        return np.sort(order[cut:]), np.sort(order[:cut])
-    unique = np.array(sorted(set(groups)))
-    held_groups = set(rng.permutation(unique)[:max(1, int(round(len(unique) * fraction)))])
+        return np.sort(order[target:]), np.sort(order[:target])
+    groups = list(groups)
+    held_groups: set[str] = set()
+    count = 0
+    for group in rng.permutation(np.array(sorted(set(groups)))):
+        if count >= target:
+            break
+        held_groups.add(group)
+        count += sum(g == group for g in groups)
     held = np.array([i for i, g in enumerate(groups) if g in held_groups], np.int64)
     kept = np.array([i for i, g in enumerate(groups) if g not in held_groups], np.int64)
+    if len(kept) < 2:  # one patient holds almost everything: fall back to no held-out set
+        return np.arange(n), np.zeros(0, np.int64)
     return kept, held
 
 
