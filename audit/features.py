@@ -9,6 +9,9 @@ Two kinds, both offline:
   with a SimCLR / NT-Xent objective on two augmented views of each image. Used because no medical foundation
   model's weights can be fetched here; it learns invariance to the transformations a copy may undergo (flips,
   shifts up to ~10 %, rotations up to ~10°, gamma, noise, blur), which is what feature-level replica search needs.
+  Two additions make its short CPU training usable: its embedding is averaged over the flip group (a mirrored
+  copy embeds exactly like the original) and centred on the training images' mean embedding (pooled ReLU
+  features are all positive, so without centring every cosine sits near 1).
 
 Every encoder maps float32 [0, 1] images (N, H, W) or (N, D, H, W) to L2-normalised embeddings (N, d), in
 batches (memory bounded by the batch size), with per-image z-scoring first (so global brightness/contrast
