@@ -108,3 +108,49 @@ def test_make_scorer_validates_names():
         make_scorer(segmenter="unet")
     with pytest.raises(AuditInputError, match="k must be"):
         make_scorer(k=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the learned segmenter
+
+
+def test_unet_segmenter_learns_drawn_masks_and_round_trips(tmp_path):
+    from attacks.replicas.segmentation import load_unet_segmenter, save_unet_segmenter, train_unet_segmenter
+
+    drawn = [drawn_mammogram(seed, size=32) for seed in range(28)]
+    images = np.stack([d[0] for d in drawn])
+    labels = np.stack([np.where(d[2], LESION, np.where(d[1], DENSE, 0)) for d in drawn]).astype(np.uint8)
+    segmenter = train_unet_segmenter(images[:24], labels[:24], epochs=12, seed=0, channels=(8, 16, 32))
+    losses = segmenter.config["epoch_losses"]
+    assert losses[-1] < 0.6 * losses[0]
+    predicted = segmenter.segment(images[24:])
+    dense = [2 * ((p == DENSE) & (t == DENSE)).sum() / ((p == DENSE).sum() + (t == DENSE).sum())
+             for p, t in zip(predicted, labels[24:])]
+    # measured: loss 2.19 -> 1.00 over 12 epochs; mean dense Dice on the 4 held-out drawings 0.87
+    assert np.mean(dense) > 0.75
+    save_unet_segmenter(segmenter, tmp_path / "unet")
+    np.testing.assert_array_equal(load_unet_segmenter(tmp_path / "unet").segment(images[24:]), predicted)
+    scorer = make_scorer(segmenter=f"unet:{tmp_path / 'unet'}", k=3)
+    result = scorer.fit(images[:20]).score(images[[6, 22]])
+    assert result.nearest[0] == 6 and result.scores[0] == 1.0
+    with pytest.raises(AuditInputError, match="is a 'segmenter-unet', expected a 'deepssim'"):
+        from attacks.replicas.deepssim import load_deepssim
+        load_deepssim(tmp_path / "unet")
+
+
+def test_phantom_masks_follow_the_image_geometry(tmp_path):
+    from attacks.replicas.segmentation import phantom_masks_for
+    from audit.config import load_data_config
+    from audit.data.dataset import open_dataset
+    from audit.data.phantoms.mammo import write_mammo_phantom
+
+    write_mammo_phantom(tmp_path / "ph", patients=2, seed=0, with_masks=True)
+    cfg = load_data_config("phantom-mammo", root=tmp_path / "ph")
+    dataset = open_dataset(cfg)
+    for record in dataset.records:
+        image, labels = phantom_masks_for(record, cfg.preprocess)
+        np.testing.assert_array_equal(image, dataset.load(record)[0])
+        dense, breast = labels == DENSE, image > 0.05
+        if dense.sum() >= 10:
+            # aligned masks sit on the bright (dense) tissue; misaligned ones would average like the breast
+            assert image[dense].mean() > image[breast & ~dense].mean() + 0.05

@@ -13,13 +13,19 @@ was found, so its segmenter and overlap score are unknown. Ours:
 Multi-class Dice = mean over the foreground classes present in either mask of 2|A∩B| / (|A| + |B|); two masks
 with no foreground at all agree perfectly (1.0) — an empty image copied is still a copy.
 
-Segmenters (no training needed, so they work on any dataset; a learned one can be injected through the same
-`Segmenter` interface):
+Segmenters (the classical ones need no training, so they work on any dataset; any other can be injected through
+the same `Segmenter` interface):
 - `mammo-classical` (2D): breast = above half of Otsu; dense tissue = above Otsu *within the breast*; lesions =
   small compact regions whose robust z-score among the dense pixels (median/MAD, smoothed image) exceeds 5,
   extent = above half-way from the dense median to the blob's peak. Classes 1 dense, 2 lesion.
 - `tissue-quantiles` (2D/3D): foreground above Otsu, split into n intensity classes at the quantiles of the
   image's own foreground (per-image, hence robust to a global gamma/contrast change). Classes 1..n.
+- `unet:<checkpoint>` (2D, optional): a small MONAI U-Net trained with `train_unet_segmenter` on masks, e.g.
+  the mammo phantom's (`phantom_masks_for` puts them through the image's crop/flip/resize).
+
+Measured against the mammo phantom's ground-truth masks (64 px; 128 training / 32 test images, seed-2 phantom
+of 40 patients): mammo-classical dense Dice 0.77, lesion Dice 0.00 (its lesion rule never fires at this size);
+the U-Net (30 epochs, 77 s on 2 shared cores) dense 0.91, lesion 0.48 on the 12 test images with a lesion.
 """
 
 from __future__ import annotations
@@ -134,6 +140,7 @@ def quantile_labels(image: np.ndarray, n_classes: int = 3) -> np.ndarray:
 
 class ClassicalMammoSegmenter:
     name = "mammo-classical"
+    mirror_equivariant = True  # Otsu, Gaussian smoothing, medians, symmetric dilation: mirroring commutes
 
     def __init__(self, lesion_z: float = 5.0):
         self.lesion_z = lesion_z
@@ -148,6 +155,7 @@ class ClassicalMammoSegmenter:
 
 class QuantileTissueSegmenter:
     name = "tissue-quantiles"
+    mirror_equivariant = True
 
     def __init__(self, n_classes: int = 3):
         if n_classes < 1:
@@ -164,12 +172,153 @@ SEGMENTERS = {"mammo-classical": ClassicalMammoSegmenter, "tissue-quantiles": Qu
 
 
 def make_segmenter(name: str = "auto", ndim: int = 2) -> Segmenter:
-    """A segmenter by name; "auto" = mammo-classical for 2D images, tissue-quantiles for volumes."""
+    """A segmenter by name; "auto" = mammo-classical for 2D images, tissue-quantiles for volumes;
+    "unet:<checkpoint folder>" = a U-Net trained with `train_unet_segmenter`."""
+    if name.startswith("unet:"):
+        return load_unet_segmenter(name.partition(":")[2])
     if name == "auto":
         name = "mammo-classical" if ndim == 2 else "tissue-quantiles"
     if name not in SEGMENTERS:
-        raise AuditInputError(None, f"unknown segmenter '{name}' (known: auto, {', '.join(SEGMENTERS)})")
+        raise AuditInputError(None, f"unknown segmenter '{name}' (known: auto, {', '.join(SEGMENTERS)}, "
+                                    f"unet:<checkpoint>)")
     return SEGMENTERS[name]()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a learned segmenter: a small U-Net trained on the phantom's ground-truth masks (optional)
+
+UNET_KIND = "segmenter-unet"
+UNET_CLASSES = ("background", "dense", "lesion")  # label values 0, 1, 2 = DENSE, LESION as above
+
+
+def phantom_masks_for(record, pre) -> tuple[np.ndarray, np.ndarray]:
+    """(image, labels) of one phantom mammogram, the masks put through the very crop/flip/resize of the image.
+
+    The phantom writes `ROOT/masks/<study_id>/<image_id>_dense.png` and `_lesion.png` on the DICOM pixel grid;
+    the data layer crops to the breast, mirrors right breasts and fits the result into the configured shape, so
+    the masks follow the same `Geometry` (resampled linearly, then thresholded at 0.5)."""
+    from pathlib import Path
+
+    from audit.data.dicom import read_dicom_display
+    from audit.data.imageio import read_image
+    from audit.data.preprocess2d import fit_with_padding, preprocess_mammogram
+
+    path = Path(record.path)
+    mask_dir = path.parent.parent.parent / "masks" / path.parent.name
+    dicom = read_dicom_display(path)
+    image, geometry = preprocess_mammogram(dicom.pixels, dicom.padding, record.laterality, tuple(pre.shape),
+                                           crop_to_breast=pre.crop_to_breast,
+                                           flip_right_to_left=pre.flip_right_to_left,
+                                           intensity_percentiles=pre.intensity_percentiles)
+    labels = np.zeros(tuple(pre.shape), np.uint8)
+    for value, suffix in ((DENSE, "dense"), (LESION, "lesion")):
+        mask_path = mask_dir / f"{path.stem}_{suffix}.png"
+        if not mask_path.is_file():
+            raise AuditInputError(mask_path, "phantom mask missing (write the phantom with --with-masks)")
+        mask = (read_image(mask_path) > 0).astype(np.float32)
+        row0, col0, h, w = geometry.crop
+        mask = mask[row0:row0 + h, col0:col0 + w]
+        if geometry.flipped:
+            mask = mask[:, ::-1]
+        fitted, _, _ = fit_with_padding(np.ascontiguousarray(mask), tuple(pre.shape))
+        labels[fitted >= 0.5] = value  # lesion written last: it wins where both overlap
+    return image, labels
+
+
+class UNetSegmenter:
+    """A trained 2D U-Net (MONAI) → per-pixel argmax over background / dense / lesion."""
+
+    mirror_equivariant = False  # learned: the scorer segments each mirrored query itself
+
+    def __init__(self, net, config: dict, batch_size: int = 32):
+        self.net = net.eval()
+        self.config = config
+        self.batch_size = batch_size
+        self.name = "unet"
+
+    def segment(self, images: np.ndarray) -> np.ndarray:
+        from audit.features import resize_to, zscore_per_image
+
+        images = np.asarray(images, np.float32)
+        if images.ndim != 3:
+            raise AuditInputError(None, f"segmenter 'unet' is 2D, got images of shape {images.shape[1:]}")
+        out = np.zeros(images.shape, np.uint8)
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                x = torch.from_numpy(images[start:start + self.batch_size]).unsqueeze(1)
+                logits = self.net(zscore_per_image(resize_to(x, tuple(self.config["input_shape"]))))
+                logits = torch.nn.functional.interpolate(logits, size=images.shape[1:], mode="bilinear",
+                                                         align_corners=False)
+                out[start:start + len(x)] = logits.argmax(dim=1).numpy().astype(np.uint8)
+        return out
+
+
+def build_unet(config: dict):
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=1, out_channels=len(UNET_CLASSES), channels=tuple(config["channels"]),
+                strides=tuple(config["strides"]), num_res_units=int(config["num_res_units"]))
+
+
+def train_unet_segmenter(images: np.ndarray, labels: np.ndarray, epochs: int = 30, seed: int = 0,
+                         batch_size: int = 16, lr: float = 3e-3, channels: tuple[int, ...] = (16, 32, 64),
+                         progress: bool = False) -> UNetSegmenter:
+    """Train the U-Net on (N, H, W) [0, 1] images and their (N, H, W) label maps with Dice + cross-entropy.
+    Vertical flips are the only augmentation (the data layer already faces every breast the same way)."""
+    from monai.losses import DiceCELoss
+
+    images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int64)
+    if images.ndim != 3 or images.shape != labels.shape or len(images) < 2:
+        raise AuditInputError(None, f"U-Net training needs matching (N, H, W) images and labels, N >= 2; got "
+                                    f"{images.shape} and {labels.shape}")
+    config = {"channels": list(channels), "strides": [2] * (len(channels) - 1), "num_res_units": 1,
+              "input_shape": list(images.shape[1:]), "classes": list(UNET_CLASSES), "input_normalisation": "zscore",
+              "epochs": epochs, "seed": seed}
+    from audit.features import zscore_per_image
+
+    rng = np.random.default_rng(seed)
+    losses = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_unet(config)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+        net.train()
+        for _ in range(epochs):
+            order = rng.permutation(len(images))
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                flip = rng.random(len(idx)) < 0.5
+                x = np.where(flip[:, None, None], images[idx][:, ::-1], images[idx])
+                y = np.where(flip[:, None, None], labels[idx][:, ::-1], labels[idx])
+                x = zscore_per_image(torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1))
+                loss = loss_fn(net(x), torch.from_numpy(np.ascontiguousarray(y)).unsqueeze(1))
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach()) * len(idx)
+            losses.append(total / len(images))
+    config["epoch_losses"] = [round(v, 5) for v in losses]
+    return UNetSegmenter(net.eval(), config)
+
+
+def save_unet_segmenter(segmenter: UNetSegmenter, folder) -> None:
+    from audit.checkpoints import save_checkpoint
+
+    save_checkpoint(folder, UNET_KIND, segmenter.config, segmenter.net.state_dict())
+
+
+def load_unet_segmenter(folder) -> UNetSegmenter:
+    from audit.checkpoints import load_checkpoint, load_state_strict
+
+    config, state = load_checkpoint(folder, UNET_KIND)
+    try:
+        net = build_unet(config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise AuditInputError(folder, f"U-Net checkpoint config is incomplete ({err!r})") from None
+    load_state_strict(net, state, folder)
+    return UNetSegmenter(net.eval(), config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,8 +383,14 @@ class SegmentationScorer:
         dice_parts, index_parts = [], []
         for axes in orientations(queries.ndim - 1, self.flips):
             oriented = np.ascontiguousarray(np.flip(queries, axis=axes)) if axes else queries
-            # the classical segmenters are mirror-equivariant, so the mirrored query's mask is the mirrored mask
-            masks = np.flip(query_masks, axis=axes) if axes else query_masks
+            # the classical segmenters are mirror-equivariant, so the mirrored query's mask is the mirrored mask;
+            # a learned one segments the mirrored query itself
+            if not axes:
+                masks = query_masks
+            elif getattr(self.segmenter, "mirror_equivariant", False):
+                masks = np.flip(query_masks, axis=axes)
+            else:
+                masks = self.segmenter.segment(oriented)
             _, index = topk_similarity(self._vectors(oriented), self.train_vectors, k=self.k, metric=metric)
             dice_parts.append(np.stack([dice_against(masks[i], self.train_masks[index[i]])
                                         for i in range(len(queries))]) if len(queries)
@@ -257,9 +412,10 @@ class SegmentationScorer:
 def make_scorer(segmenter: str = "auto", k: int = 10, shortlist_side: int = 32,
                 flips: bool = True) -> SegmentationScorer:
     """The segmentation scorer by parameters (what the CLI calls); names are validated before any work."""
-    if segmenter != "auto" and segmenter not in SEGMENTERS:
-        raise AuditInputError(None, f"unknown segmenter '{segmenter}' (known: auto, {', '.join(SEGMENTERS)})")
+    if segmenter != "auto" and segmenter not in SEGMENTERS and not segmenter.startswith("unet:"):
+        raise AuditInputError(None, f"unknown segmenter '{segmenter}' (known: auto, {', '.join(SEGMENTERS)}, "
+                                    f"unet:<checkpoint>)")
     if shortlist_side < 4:
         raise AuditInputError(None, f"segmentation scorer: shortlist_side must be >= 4, got {shortlist_side}")
-    chosen = None if segmenter == "auto" else make_segmenter(segmenter)
+    chosen = None if segmenter == "auto" else make_segmenter(segmenter)  # a U-Net checkpoint loads now
     return SegmentationScorer(segmenter=chosen, k=k, shortlist_side=shortlist_side, flips=flips)
