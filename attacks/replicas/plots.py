@@ -53,8 +53,12 @@ def plot_top_pairs(path: Path, synthetic: np.ndarray, train: np.ndarray, audit, 
 def plot_histograms(path: Path, audit) -> None:
     plt = _pyplot()
     names = [*audit.scorers, "combined"]
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.ravel(), names):
         held, synth = audit.holdout_scores(name), audit.synthetic_scores(name)
         both = np.concatenate([held, synth])
         bins = np.linspace(both.min(), both.max() + 1e-9, 30)
