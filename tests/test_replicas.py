@@ -197,6 +197,9 @@ def test_cli_2d_png_flags_the_planted_copy(tmp_path):
     assert summary["parameters"]["quantile"] == 0.95 and summary["parameters"]["shape"] == [48, 48]
     assert summary["labels"]["combined"]["auc"]["value"] == 1.0
     assert set(summary["scorers"]) == {"ncc", "ssim"} and summary["combined"]["threshold"] > 0
+    top = summary["top_pairs"][0]  # the planted copy heads the list, with the SSIM of its pair
+    assert top["synthetic"] == "copy.png" and top["nearest_train"] == "t007.png"
+    assert top["pair_ssim"] == pytest.approx(1.0, abs=1e-3) and top["is_replica"] is True
     assert (root / "out" / "pairs.png").stat().st_size > 0 and (root / "out" / "histograms.png").is_file()
 
 

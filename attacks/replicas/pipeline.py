@@ -168,11 +168,12 @@ def run_folder_audit(train_dir: str | Path, holdout_dir: str | Path, synthetic_d
 
     audit = audit_arrays(scorers, arrays["train"], arrays["holdout"], arrays["synthetic"], quantile, progress=True)
 
+    pair_ssim = chosen_pair_ssim(arrays["synthetic"], arrays["train"], audit.nearest, batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"csv": "replicas.csv", "json": "replicas.json", "pairs": "pairs.png", "histograms": "histograms.png"}
     write_csv(out_dir / files["csv"], audit, names["synthetic"], names["train"])
     plot_top_pairs(out_dir / files["pairs"], arrays["synthetic"], arrays["train"], audit, names["synthetic"],
-                   names["train"], top=top_pairs)
+                   names["train"], top=top_pairs, pair_ssim=pair_ssim)
     plot_histograms(out_dir / files["histograms"], audit)
 
     summary: dict[str, Any] = {
@@ -187,6 +188,10 @@ def run_folder_audit(train_dir: str | Path, holdout_dir: str | Path, synthetic_d
                         "seconds": round(audit.timings.get(n, 0.0), 3)} for n in audit.scorers},
         "combined": {**audit.calibrations[COMBINED].to_dict(), "describe": audit.descriptions[COMBINED]},
         "flagged": audit.calibrations[COMBINED].synthetic_flagged.to_dict(),
+        "top_pairs": [{"synthetic": names["synthetic"][q], "nearest_train": names["train"][audit.nearest[q]],
+                       "score": float(audit.combined_synthetic[q]), "is_replica": bool(audit.is_replica[q]),
+                       "decided_by": audit.decisive[q], "pair_ssim": float(pair_ssim[q])}
+                      for q in np.argsort(-audit.combined_synthetic, kind="stable")[:20]],
         "files": files,
     }
     if labels is not None:
@@ -209,6 +214,19 @@ def without_nan(obj):
     if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
         return None
     return obj
+
+
+def chosen_pair_ssim(synthetic: np.ndarray, train: np.ndarray, nearest: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """SSIM of each synthetic image with its reported nearest training image, in the best mirror orientation
+    (the voxel scorers search mirrored queries too) — the figure RELICT's image level reports for a pair."""
+    from audit.metrics.similarity import ssim
+
+    partners = train[nearest]
+    best = ssim(synthetic, partners, batch_size=batch_size)
+    for axis in range(1, synthetic.ndim):
+        best = np.maximum(best, ssim(np.ascontiguousarray(np.flip(synthetic, axis=axis)), partners,
+                                     batch_size=batch_size))
+    return best
 
 
 def _json_default(obj):

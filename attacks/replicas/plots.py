@@ -30,7 +30,7 @@ def _short(name: str, limit: int = 28) -> str:
 
 
 def plot_top_pairs(path: Path, synthetic: np.ndarray, train: np.ndarray, audit, synthetic_names: list[str],
-                   train_names: list[str], top: int = 8) -> None:
+                   train_names: list[str], top: int = 8, pair_ssim: np.ndarray | None = None) -> None:
     plt = _pyplot()
     order = np.argsort(-audit.combined_synthetic, kind="stable")[:top]
     fig, axes = plt.subplots(len(order), 2, figsize=(6, 3 * len(order)), squeeze=False)
@@ -38,6 +38,8 @@ def plot_top_pairs(path: Path, synthetic: np.ndarray, train: np.ndarray, audit, 
         t = audit.nearest[q]
         per_scorer = ", ".join(f"{s} {audit.synthetic[s].scores[q]:.3f}" for s in audit.scorers)
         flag = "REPLICA" if audit.is_replica[q] else "not flagged"
+        if pair_ssim is not None:
+            flag += f", pair SSIM {pair_ssim[q]:.3f}"
         axes[row, 0].imshow(middle_slice(synthetic[q]), cmap="gray", vmin=0, vmax=1)
         axes[row, 0].set_title(f"synthetic {_short(synthetic_names[q])}\ncombined {audit.combined_synthetic[q]:.2f} "
                                f"({flag})", fontsize=8)
