@@ -1,6 +1,6 @@
 """Replica-detection benchmark: planted replicas in real images + phantoms (accuracy), and the search's speed.
 
-    .venv/bin/python benchmarks/bench_replicas.py [--scorers ncc,ssim] [--threads 1] [--quick]
+    .venv/bin/python benchmarks/bench_replicas.py [--scorers ncc,ssim] [--threads 1] [--quick] [--save-scores]
         [--out benchmarks/results/bench_replicas.json] [--skip-accuracy] [--skip-speed]
 
 Accuracy. Image pools nobody here drew by hand:
@@ -523,6 +523,8 @@ def main() -> None:
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-scores", action="store_true",
+                        help="also write the raw scores per domain (scores_2D.npz, scores_3D.npz) beside --out")
     parser.add_argument("--domains", default="2D,3D", help="accuracy domains to run (default %(default)s)")
     parser.add_argument("--brain-patients", type=int, default=400,
                         help="3D phantom volumes before de-duplication (default %(default)s)")
@@ -561,7 +563,8 @@ def main() -> None:
             results["pools"][domain], results["deduplicated_away"][domain] = len(pool), dropped
             print(f"[{domain}] pool after de-duplication: {len(pool)} (-{dropped})", flush=True)
             results["accuracy"].append(evaluate_domain(domain, pool, transforms, scorer_names, n_rep, args.quantile,
-                                                       args.seed, options, Path(args.out).parent))
+                                                       args.seed, options,
+                                                       Path(args.out).parent if args.save_scores else None))
     if not args.skip_speed:
         results["speed"] = {
             "shortlist": [shortlist_throughput(d, 1000 if q else 2000, 5000 if q else 20000) for d in (256, 1024)],
