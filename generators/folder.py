@@ -9,6 +9,7 @@ the folder holds is an error.
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -52,7 +53,7 @@ class FolderGenerator:
         if row is None:
             return Condition(ref=rel)
         c = condition_from_row({k: v for k, v in row.items() if k not in ("seed", "index")}, self.folder)
-        return Condition(**{**c.__dict__, "ref": rel})
+        return replace(c, ref=rel)
 
     def __len__(self) -> int:
         return len(self.records)
