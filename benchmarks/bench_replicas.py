@@ -43,7 +43,7 @@ import numpy as np
 TRANSFORMS = ("exact", "flip", "shift", "rotate", "gamma", "noise", "blur", "jpeg", "crop_resize", "contrast")
 SIZE_2D = (128, 128)
 SIZE_3D = (32, 32, 32)
-VOXEL_SCORERS = ("ncc", "ssim", "ncc_shift")
+VOXEL_SCORERS = ("ncc", "ssim", "ncc_shift", "ncc_zoom")
 
 
 # =============================================================================================== image pools

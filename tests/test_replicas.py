@@ -242,3 +242,15 @@ def test_ncc_shift_finds_a_translated_copy_plain_ncc_scores_low():
     tolerant = VoxelScorer("ncc_shift", k=10).fit(train).score(shifted)
     assert tolerant.nearest[0] == 9 and tolerant.scores[0] == pytest.approx(1.0, abs=1e-5)
     assert plain.scores[0] < 0.5
+
+
+def test_ncc_zoom_finds_a_crop_and_resize_copy():
+    from audit.data.imageio import fit_to_shape
+
+    train = smooth_images(30, (48, 48), seed=7, sigma=1.5)
+    # a centred 40/48 crop resized back: the source magnified 1.2×
+    copy = fit_to_shape(train[4][4:44, 4:44], (48, 48))[None]
+    zoom = VoxelScorer("ncc_zoom", k=10).fit(train).score(copy)
+    shift = VoxelScorer("ncc_shift", k=10).fit(train).score(copy)
+    assert zoom.nearest[0] == 4 and zoom.scores[0] > 0.97
+    assert shift.scores[0] < zoom.scores[0] - 0.1

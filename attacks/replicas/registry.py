@@ -1,7 +1,7 @@
 """Replica scorers by name: a validated registry (name → factory), so pipelines and the CLI inject scorers
 instead of branching on names.
 
-Built in: ``ncc``, ``ssim`` and ``ncc_shift`` (voxel level). The learned levels live in their own modules, imported
+Built in: ``ncc``, ``ssim``, ``ncc_shift`` and ``ncc_zoom`` (voxel level). The learned levels live in their own modules, imported
 when asked for: a module exposing ``make_scorer(**options)`` (options it does not declare are not passed), or,
 failing that, a class whose ``name`` is the scorer name. A known name whose module is not there raises a clear
 `AuditInputError("scorer X not available")`.
@@ -106,3 +106,4 @@ def _voxel_factory(measure: str) -> ScorerFactory:
 register_scorer("ncc", _voxel_factory("ncc"))
 register_scorer("ssim", _voxel_factory("ssim"))
 register_scorer("ncc_shift", _voxel_factory("ncc_shift"))
+register_scorer("ncc_zoom", _voxel_factory("ncc_zoom"))

@@ -9,7 +9,9 @@ Two stages, 2D and 3D alike:
    - ``ncc``: normalised cross-correlation of the intensity-normalised (z-scored) images;
    - ``ssim``: SSIM (11-tap Gaussian, data range 1) of the [0, 1] images;
    - ``ncc_shift`` (our extension): the largest NCC of the overlapping voxels over all translations of at most
-     10% of each side (masked FFT cross-correlation), for copies that were shifted; never below plain NCC.
+     10% of each side (masked FFT cross-correlation), for copies that were shifted; never below plain NCC;
+   - ``ncc_zoom`` (our extension): ``ncc_shift`` maximised also over magnifications 1.1× and 1.2× of the training
+     image about its centre, for crop-and-resize copies (3× the cost of ``ncc_shift``).
 The score is the best re-ranked value and `nearest` the training image reaching it (ties: shortlist order).
 
 Orientations (`flips=True`, our extension beyond RELICT): the query is also searched mirrored along each spatial
@@ -28,11 +30,12 @@ import torch.nn.functional as F
 
 from attacks.replicas.base import ReplicaScores
 from audit.errors import AuditInputError
-from audit.metrics.similarity import shift_ncc_against, ssim_against
+from audit.metrics.similarity import shift_ncc_against, ssim_against, zoom_shift_ncc_against
 from audit.search import normalise_rows, topk_similarity
 
 SHORTLIST_SIDE = {2: 32, 3: 16}
-MEASURES = ("ncc", "ssim", "ncc_shift")
+MEASURES = ("ncc", "ssim", "ncc_shift", "ncc_zoom")
+ZOOM_SCALES = (1.0, 1.1, 1.2)
 MAX_SHIFT = 0.1
 # "ncc" (RELICT-like, the default) or "l2" (raw intensities: closer to SSIM, which also compares luminance and
 # contrast; measured in benchmarks/bench_replicas.py as the two-stage agreement with brute-force SSIM)
@@ -110,6 +113,10 @@ class VoxelScorer:
             q = queries[start:start + len(idx)]
             if self.measure == "ncc":
                 out[start:start + len(idx)] = self._ncc_against(q, idx)
+            elif self.measure == "ncc_zoom":
+                out[start:start + len(idx)] = zoom_shift_ncc_against(q, self.train[idx], scales=ZOOM_SCALES,
+                                                                     max_shift=MAX_SHIFT, device=self.device,
+                                                                     batch_size=self.batch_size)
             elif self.measure == "ncc_shift":
                 out[start:start + len(idx)] = shift_ncc_against(q, self.train[idx], max_shift=MAX_SHIFT,
                                                                 device=self.device, batch_size=self.batch_size)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -214,3 +215,31 @@ def shift_ncc_against(queries, candidates, max_shift: float = 0.1, device: str |
         values = torch.where(var > 1e-12, cov / var.clamp_min(1e-30).sqrt(), torch.zeros_like(cov))
         out[start:start + nb] = values.reshape(nb, k, -1).amax(dim=2).double().cpu().numpy()
     return out
+
+
+def magnify_centre(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """Enlarge each image of (N, *S) by `factor` about its centre (linear interpolation) and crop back to S."""
+    if factor == 1.0:
+        return images
+    spatial = tuple(images.shape[1:])
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    size = tuple(max(s, int(round(s * factor))) for s in spatial)
+    big = F.interpolate(images.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
+    starts = [(b - s) // 2 for b, s in zip(size, spatial)]
+    return big[(slice(None),) + tuple(slice(a, a + s) for a, s in zip(starts, spatial))]
+
+
+@torch.no_grad()
+def zoom_shift_ncc_against(queries, candidates, scales: tuple[float, ...] = (1.0, 1.1, 1.2), max_shift: float = 0.1,
+                           device: str | torch.device = "cpu", batch_size: int = 64) -> np.ndarray:
+    """`shift_ncc_against` maximised also over magnifications of the candidate (a crop-and-resize copy shows a
+    magnified part of its source): queries (B, *S), candidates (B, k, *S) → (B, k); scale 1 is `shift_ncc`."""
+    q = _as_tensor(queries, torch.float32, device)
+    c = _as_tensor(candidates, torch.float32, device)
+    n_q, k = c.shape[:2]
+    best = None
+    for factor in scales:
+        zoomed = magnify_centre(c.reshape(n_q * k, *c.shape[2:]), factor).reshape(c.shape)
+        values = shift_ncc_against(q, zoomed, max_shift=max_shift, device=device, batch_size=batch_size)
+        best = values if best is None else np.maximum(best, values)
+    return best
