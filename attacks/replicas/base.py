@@ -12,6 +12,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+# A synthetic image is a replica when it beats this quantile of the held-out images' scores (their chance level).
+DEFAULT_QUANTILE = 0.99
+
 
 @dataclass
 class ReplicaScores:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from attacks.replicas.base import DEFAULT_QUANTILE
 from audit.errors import AuditInputError
 from audit.metrics.statistics import (Estimate, auc_estimate, has_both_classes, optimal_threshold, rate_estimate,
                                       rates_at, tpr_at_fpr)
 
-DEFAULT_QUANTILE = 0.99
 TRUE_WORDS = {"true", "1", "yes", "y", "replica"}
 FALSE_WORDS = {"false", "0", "no", "n", "novel", ""}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from attacks.replicas.calibrate import DEFAULT_QUANTILE
+from attacks.replicas.base import DEFAULT_QUANTILE
 from attacks.replicas.registry import DEFAULT_SCORERS, known_scorers, parse_scorer_list
 from audit.errors import EXIT_OK
 
