@@ -56,15 +56,19 @@ def technical_tags(ds: pydicom.Dataset) -> dict:
     return out
 
 
-def read_header(path: str | Path) -> pydicom.Dataset:
+def _dcmread(path: str | Path, **kwargs) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True)
+        return pydicom.dcmread(str(path), **kwargs)
     except InvalidDicomError:
         raise AuditInputError(path, "not a DICOM file (no DICM preamble)") from None
     except FileNotFoundError:
         raise AuditInputError(path, "file not found") from None
     except Exception as err:
-        raise AuditInputError(path, f"unreadable DICOM header ({type(err).__name__}: {err})") from None
+        raise AuditInputError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from None
+
+
+def read_header(path: str | Path) -> pydicom.Dataset:
+    return _dcmread(path, stop_before_pixels=True)
 
 
 def padding_mask(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
@@ -116,14 +120,7 @@ def to_display(stored: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, np.
 
 def read_dicom_display(path: str | Path) -> DicomImage:
     """Read one DICOM file into display intensities. Any problem → AuditInputError naming the file."""
-    try:
-        ds = pydicom.dcmread(str(path))
-    except InvalidDicomError:
-        raise AuditInputError(path, "not a DICOM file (no DICM preamble)") from None
-    except FileNotFoundError:
-        raise AuditInputError(path, "file not found") from None
-    except Exception as err:
-        raise AuditInputError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from None
+    ds = _dcmread(path)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise AuditInputError(path, f"unsupported photometric interpretation '{photometric or 'missing'}' "

@@ -7,12 +7,12 @@ a label. Without a manifest every image file under the folder is a record whose 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from audit.config import DataConfig, PreprocessConfig
+from audit.data.csvio import read_csv_rows
 from audit.data.imageio import IMAGE_SUFFIXES, fit_to_shape, is_image_file, read_image, to_unit_range
 from audit.data.records import Labels, Record, SkippedFile
 from audit.errors import AuditInputError
@@ -49,13 +49,7 @@ def _record_from_row(folder: Path, row: dict[str, str], manifest: Path, modality
 
 
 def read_manifest(folder: Path, manifest: Path, modality: str = "OT") -> tuple[list[Record], list[SkippedFile]]:
-    try:
-        with open(manifest, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise AuditInputError(manifest, f"unreadable manifest ({err})") from None
-    if not rows:
-        raise AuditInputError(manifest, "manifest has no rows")
+    rows = read_csv_rows(manifest, "manifest")
     if "file" not in rows[0]:
         raise AuditInputError(manifest, "manifest lacks the required column 'file'")
     records, skipped = [], []

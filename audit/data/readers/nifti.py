@@ -8,13 +8,13 @@ physical scale is kept; resampling otherwise), and intensity-normalised between 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from audit.config import DataConfig, PreprocessConfig
+from audit.data.csvio import read_csv_rows
 from audit.data.imageio import fit_to_shape
 from audit.data.records import Labels, Record, SkippedFile
 from audit.errors import AuditInputError
@@ -24,20 +24,7 @@ DEFAULT_PERCENTILES = (1.0, 99.0)
 
 
 def read_manifest(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            reader.fieldnames = columns
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise AuditInputError(path, f"unreadable manifest ({err})") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise AuditInputError(path, f"missing column(s): {', '.join(missing)}")
-    if not rows:
-        raise AuditInputError(path, "manifest has no rows")
-    return rows
+    return read_csv_rows(path, "manifest", REQUIRED_COLUMNS)
 
 
 def load_canonical(path: str | Path, canonical: bool = True) -> tuple[np.ndarray, tuple[float, ...]]:

@@ -13,7 +13,6 @@ read once (technical tags only) and remembered by file identity, so later scans 
 from __future__ import annotations
 
 import ast
-import csv
 import hashlib
 import json
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.config import DataConfig, PreprocessConfig
+from audit.data.csvio import read_csv_rows
 from audit.data.cache import default_cache_dir, file_identity
 from audit.data.dicom import read_dicom_display, read_header, technical_tags
 from audit.data.preprocess2d import preprocess_mammogram, transform_boxes
@@ -40,20 +40,7 @@ NO_FINDING = "No Finding"
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows as dicts with whitespace-stripped headers; a missing column is an error naming the file."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None:
-                raise AuditInputError(path, "empty CSV (no header)")
-            reader.fieldnames = [name.strip() for name in reader.fieldnames]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise AuditInputError(path, f"unreadable CSV ({err})") from None
-    missing = [c for c in required if c not in reader.fieldnames]
-    if missing:
-        raise AuditInputError(path, f"missing column(s): {', '.join(missing)}")
-    return rows
+    return read_csv_rows(path, "CSV", required, allow_empty=True)
 
 
 def parse_birads(text: str | None) -> int | None:
