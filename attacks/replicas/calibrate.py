@@ -12,13 +12,13 @@ With labels (`file,is_replica` CSV, RELICT protocol): ROC AUC (bootstrap CI), ba
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from attacks.replicas.base import DEFAULT_QUANTILE
+from audit.data.csvio import read_csv_rows
 from audit.errors import AuditInputError
 from audit.metrics.statistics import (Estimate, auc_estimate, has_both_classes, optimal_threshold, rate_estimate,
                                       rates_at, tpr_at_fpr)
@@ -102,16 +102,7 @@ def read_labels_csv(path: str | Path, known_files: list[str]) -> dict[str, bool]
     """`file,is_replica` → {file: bool}. Files are names relative to the synthetic folder; unknown names,
     unreadable values and missing columns are input errors naming the CSV."""
     path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise AuditInputError(path, f"unreadable labels CSV ({err})") from None
-    if not rows:
-        raise AuditInputError(path, "labels CSV has no rows")
-    header = {k.strip() for k in rows[0] if k is not None}
-    if not {"file", "is_replica"} <= header:
-        raise AuditInputError(path, "labels CSV needs the columns 'file' and 'is_replica'")
+    rows = read_csv_rows(path, "labels CSV", required=("file", "is_replica"))
     known = set(known_files)
     labels: dict[str, bool] = {}
     for line, row in enumerate(rows, start=2):
