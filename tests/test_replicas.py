@@ -139,7 +139,7 @@ def test_labels_csv_errors(tmp_path):
     with pytest.raises(AuditInputError, match="not an image of the synthetic folder"):
         read_labels_csv(bad, ["a.png"])
     bad.write_text("file,label\na.png,true\n")
-    with pytest.raises(AuditInputError, match="needs the columns"):
+    with pytest.raises(AuditInputError, match="missing column\\(s\\): is_replica"):
         read_labels_csv(bad, ["a.png"])
 
 
