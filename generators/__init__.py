@@ -6,18 +6,17 @@
     gen.describe()                                # kind, resolved config, checkpoint hash
     gen.denoiser()                                # white-box access (None for an image folder)
 
-Heavy modules (diffusers, MONAI) load on first use.
+Everything loads on first use, so `audit --help` does not import torch, diffusers or MONAI.
 """
 
-from generators.base import Condition, Denoiser, Generator, image_seed
-from generators.loading import load_generator
-
-_LAZY = {"LDM2D": "generators.ldm", "LDM3D": "generators.ldm", "LatentDiffusionGenerator": "generators.ldm",
+_LAZY = {"Condition": "generators.base", "Denoiser": "generators.base", "Generator": "generators.base",
+         "image_seed": "generators.base", "load_generator": "generators.loading",
+         "LDM2D": "generators.ldm", "LDM3D": "generators.ldm", "LatentDiffusionGenerator": "generators.ldm",
          "FolderGenerator": "generators.folder", "DiffusersPipelineGenerator": "generators.diffusers_pipeline",
          "GeneratorConfig": "generators.config", "load_generator_config": "generators.config",
          "train_from_dataset": "generators.training", "generate_to_folder": "generators.writer"}
 
-__all__ = ["Condition", "Denoiser", "Generator", "image_seed", "load_generator", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str):

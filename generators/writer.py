@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from audit.data.imageio import image_file_name, write_image_file
 from audit.errors import AuditInputError
 from generators.base import Condition, Generator
 from generators.checkpoint import read_json, write_json
@@ -28,21 +28,7 @@ MANIFEST_COLUMNS = ("file", "id", "split", "source_id", "view", "laterality", "b
 
 
 def file_name(index: int, ndim: int) -> str:
-    return f"{index:06d}" + (".png" if ndim == 2 else ".nii.gz")
-
-
-def write_image(image: np.ndarray, path: Path) -> None:
-    """Atomic: a crash leaves either no file or the whole file (temp names start with '.', readers skip them)."""
-    tmp = path.with_name(f".{path.name}.tmp" + (".png" if image.ndim == 2 else ".nii.gz"))
-    if image.ndim == 2:
-        from PIL import Image
-
-        Image.fromarray(np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16)).save(tmp, format="PNG")
-    else:
-        import nibabel as nib
-
-        nib.save(nib.Nifti1Image(np.clip(image, 0, 1).astype(np.float32), np.eye(4)), str(tmp))
-    os.replace(tmp, path)
+    return image_file_name(f"{index:06d}", ndim)
 
 
 def conditions_for(generator: Generator, n: int, seed: int, given: Sequence[Condition] | None) -> list[Condition]:
@@ -98,7 +84,7 @@ def generate_to_folder(generator: Generator, out: str | Path, n: int, seed: int 
     for run_range in contiguous_runs(todo, max(1, batch_size)):
         images = generator.sample(conds[run_range.start:run_range.stop], seed, first_index=run_range.start)
         for i, image in zip(run_range, images):
-            write_image(image, out / file_name(i, ndim))
+            write_image_file(image, out / file_name(i, ndim))
         if bar is not None:
             bar.update(len(run_range))
     if bar is not None:

@@ -10,7 +10,7 @@ from audit.errors import AuditInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="build phantom datasets; inspect a dataset")
+    data = sub.add_parser("data", help="build phantom datasets; inspect or export a dataset")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data_sub.required = True
 
