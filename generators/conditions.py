@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from audit.data.records import Box
+from audit.data.csvio import read_csv_rows
 from audit.errors import AuditInputError
 from generators.base import Condition
 
@@ -149,14 +150,7 @@ def condition_from_row(row: dict[str, str], where: Path) -> Condition:
 
 def read_conditions_csv(path: str | Path) -> list[Condition]:
     path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise AuditInputError(path, f"unreadable conditions CSV ({err})") from None
-    if not rows:
-        raise AuditInputError(path, "conditions CSV has no rows")
-    return [condition_from_row(r, path) for r in rows]
+    return [condition_from_row(r, path) for r in read_csv_rows(path, "conditions CSV")]
 
 
 def write_rows_csv(path: str | Path, rows: Sequence[dict[str, str]], first_columns: Sequence[str]) -> None:
