@@ -43,7 +43,7 @@ import numpy as np
 TRANSFORMS = ("exact", "flip", "shift", "rotate", "gamma", "noise", "blur", "jpeg", "crop_resize", "contrast")
 SIZE_2D = (128, 128)
 SIZE_3D = (32, 32, 32)
-VOXEL_SCORERS = ("ncc", "ssim", "ncc_shift", "ncc_zoom")
+VOXEL_SCORERS = ("ncc", "ssim", "ncc_shift", "ncc_zoom", "ncc_reg")
 
 
 # =============================================================================================== image pools
@@ -289,6 +289,8 @@ def evaluate_domain(domain: str, pool: list[tuple[np.ndarray, str]], transforms:
     holdout_scores = {n: s[:n_h] for n, s in scores.items()}
     nearest_by_scorer = np.stack([nearest[n] for n in scorer_names], 1)
     combiners = {"combined": TailPCombiner().fit(holdout_scores),  # the suite's definition
+                 # the same with equal weights (the suite's rule before ncc_reg existed), for comparison
+                 "combined_equal_w": TailPCombiner(primary_weight=None).fit(holdout_scores),
                  "combined_max_z": MaxZCombiner().fit(holdout_scores)}  # the first one, for comparison
     voxel = [n for n in scorer_names if n in VOXEL_SCORERS]
     if 0 < len(voxel) < len(scorer_names):  # the voxel levels alone, beside all levels together
@@ -466,7 +468,7 @@ def markdown(results: dict) -> str:
         scorers = list(dom["calibration"])
         lines.append("| transformation | " + " | ".join(f"{n} AUC / TPR@1%FPR / TPR@cal" for n in scorers) + " |")
         lines.append("|---|" + "---|" * len(scorers))
-        for t in TRANSFORMS:
+        for t in [t for t in TRANSFORMS if any(r["transform"] == t for r in dom["rows"])]:
             cells = []
             for n in scorers:
                 r = next(x for x in dom["rows"] if x["scorer"] == n and x["transform"] == t)
@@ -526,6 +528,8 @@ def main() -> None:
     parser.add_argument("--save-scores", action="store_true",
                         help="also write the raw scores per domain (scores_2D.npz, scores_3D.npz) beside --out")
     parser.add_argument("--domains", default="2D,3D", help="accuracy domains to run (default %(default)s)")
+    parser.add_argument("--transforms", default=",".join(TRANSFORMS),
+                        help="transformations to plant (default: all); a subset for quick runs")
     parser.add_argument("--brain-patients", type=int, default=400,
                         help="3D phantom volumes before de-duplication (default %(default)s)")
     parser.add_argument("--out", default="benchmarks/results/bench_replicas.json")
@@ -559,6 +563,8 @@ def main() -> None:
             else:
                 pool = mni_cubes(volume) + brain_phantom_volumes(30 if q else args.brain_patients, work)
                 transforms, n_rep = transforms_3d(args.seed), 20 if q else 60
+            wanted = [t.strip() for t in args.transforms.split(",") if t.strip()]
+            transforms = {t: transforms[t] for t in wanted}
             pool, dropped = deduplicate(pool)
             results["pools"][domain], results["deduplicated_away"][domain] = len(pool), dropped
             print(f"[{domain}] pool after de-duplication: {len(pool)} (-{dropped})", flush=True)

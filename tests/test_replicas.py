@@ -254,3 +254,57 @@ def test_ncc_zoom_finds_a_crop_and_resize_copy():
     shift = VoxelScorer("ncc_shift", k=10).fit(train).score(copy)
     assert zoom.nearest[0] == 4 and zoom.scores[0] > 0.97
     assert shift.scores[0] < zoom.scores[0] - 0.1
+
+
+@pytest.mark.parametrize("shape,angle_axis", [((48, 48), 0), ((20, 20, 20), 1)])
+def test_ncc_reg_finds_a_rotated_shifted_copy(shape, angle_axis):
+    import torch
+
+    from audit.metrics.similarity import rotate_images, rotation_matrix
+
+    train = smooth_images(30, shape, seed=12, sigma=2.0)
+    src = torch.from_numpy(train[17:18])
+    turned = rotate_images(src, rotation_matrix(10, len(shape), angle_axis))  # on the grid's edge
+    moved = torch.roll(turned, (2,) + (-2,) * (len(shape) - 1), dims=tuple(range(1, len(shape) + 1)))
+    queries = np.concatenate([moved.numpy(), np.flip(moved.numpy(), -1), smooth_images(1, shape, seed=77)])
+    reg = make_scorer("ncc_reg", k=5).fit(train).score(queries)
+    zoom = make_scorer("ncc_zoom", k=5).fit(train).score(queries)
+    np.testing.assert_array_equal(reg.nearest[:2], [17, 17])
+    # not 1: the copy's reflected corners (10°) do not match the source's; measured 0.926 (2D) / 0.931 (3D)
+    assert reg.scores[0] > 0.9
+    assert reg.scores[0] > zoom.scores[0] + 0.05  # rotation search adds what shifts and zooms cannot
+    # only the as-is orientation is registered: a mirrored rotated copy keeps its shift-only score
+    assert reg.scores[1] == pytest.approx(make_scorer("ncc_shift", k=5).fit(train).score(queries[1:2]).scores[0],
+                                          abs=1e-6)
+    assert reg.scores[2] < reg.scores[0] - 0.3  # a new image stays low
+
+
+def test_robust_shortlist_signature_and_merge():
+    from attacks.replicas.voxel import fourier_signature, merge_shortlists
+
+    images = smooth_images(3, (32, 32), seed=13)
+    rolled = np.roll(images, (5, -3), axis=(1, 2))
+    # |FFT| ignores circular shifts exactly (area downsampling by 1 keeps the 32² image)
+    np.testing.assert_allclose(fourier_signature(rolled, 32), fourier_signature(images, 32), atol=1e-4)
+    assert not np.allclose(fourier_signature(images[1:2], 32), fourier_signature(images[:1], 32), atol=1e-2)
+    merged = merge_shortlists(np.array([[4, 2, 9], [1, 1, 1]]), np.array([[2, 7, 4], [1, 1, 1]]), 4)
+    np.testing.assert_array_equal(merged, [[4, 2, 7, 9], [1, 1, 1, 1]])
+
+
+def test_weighted_tail_p_gives_ncc_reg_half_the_weight():
+    from attacks.replicas.combined import scorer_weights
+
+    rng = np.random.default_rng(14)
+    hold = {"ncc": rng.normal(0, 1, 200), "ncc_reg": rng.normal(0, 1, 200), "ssim": rng.normal(0, 1, 200)}
+    new = {"ncc": np.array([0.0, 3.0, 0.5]), "ncc_reg": np.array([2.9, 0.0, 0.2]), "ssim": np.array([0.0, 0.0, 0.1])}
+    assert scorer_weights(list(hold)) == {"ncc": 0.25, "ncc_reg": 0.5, "ssim": 0.25}
+    assert scorer_weights(["ncc", "ssim"]) == {"ncc": 0.5, "ssim": 0.5}
+    weighted = TailPCombiner().fit(hold)
+    equal = TailPCombiner(primary_weight=None).fit(hold)
+    p = {s: TailModel.fit(hold[s]).neg_log10_p(new[s]) for s in hold}
+    expected = np.max([p["ncc"] + np.log10(0.75), p["ncc_reg"] + np.log10(1.5), p["ssim"] + np.log10(0.75)], 0)
+    np.testing.assert_allclose(weighted.combine(new)[0], expected)
+    np.testing.assert_allclose(equal.combine(new)[0], np.max([p[s] for s in hold], 0))
+    assert weighted.combine(new)[1][0] == 1 and weighted.combine(new)[1][1] == 0  # the scorer that decided
+    without = TailPCombiner().fit({s: hold[s] for s in ("ncc", "ssim")})
+    np.testing.assert_allclose(without.combine(new)[0], np.max([p["ncc"], p["ssim"]], 0))  # unchanged rule

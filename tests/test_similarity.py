@@ -128,3 +128,51 @@ def test_shift_ncc_is_the_best_overlap_ncc_over_shifts(shape):
             assert got[i, j] == pytest.approx(best, abs=2e-5)  # float32 FFTs
     np.testing.assert_allclose(got[:, 1], 1.0, atol=2e-5)  # the overlap of a translated copy matches exactly
     assert np.all(got[:, 0] >= ncc(a, b) - 2e-5)  # never below plain NCC (shift 0)
+
+
+def test_rotate_images_quarter_turn_is_rot90_2d_and_3d():
+    from audit.metrics.similarity import rotate_images, rotation_matrix
+
+    a, _ = smooth_pairs((10, 10), 2, seed=8)
+    got = rotate_images(torch.from_numpy(a), rotation_matrix(90, 2)).numpy()
+    np.testing.assert_allclose(got, np.rot90(a, -1, axes=(1, 2)), atol=1e-5)
+    v, _ = smooth_pairs((8, 8, 8), 2, seed=9)
+    for axis in range(3):
+        plane = tuple(1 + x for x in range(3) if x != axis)
+        got = rotate_images(torch.from_numpy(v), rotation_matrix(90, 3, axis)).numpy()
+        np.testing.assert_allclose(got, np.rot90(v, -1, axes=plane), atol=1e-5)
+    # identity returns the input untouched; a small angle moves voxels but keeps the image close
+    np.testing.assert_array_equal(rotate_images(torch.from_numpy(a), rotation_matrix(0, 2)).numpy(), a)
+    small = rotate_images(torch.from_numpy(a), rotation_matrix(5, 2)).numpy()
+    assert 0 < np.abs(small - a).max() and ncc(small, a).min() > 0.8
+
+
+@pytest.mark.parametrize("shape", [(14, 12), (8, 9, 10)])
+def test_register_ncc_is_the_best_pose_by_brute_force(shape):
+    """register_ncc_against = max over (rotation of the query) × (magnification of the candidate) × (shift) of
+    the overlap NCC, each shift's NCC computed explicitly with slices."""
+    import itertools
+
+    from audit.metrics.similarity import (magnify_centre, register_ncc_against, rotate_images, rotation_grid,
+                                          rotation_matrix)
+
+    a, b = smooth_pairs(shape, 2, seed=10)
+    nd = len(shape)
+    turned = rotate_images(torch.from_numpy(a), rotation_matrix(-8, nd, 0)).numpy()  # the query is a's copy…
+    candidates = np.stack([b, a], axis=1)  # …so candidate 1 is its source
+    rotations = rotation_grid(nd, max_angle=8.0, step=8.0)
+    scales = (1.0, 1.2)
+    got = register_ncc_against(turned, candidates, rotations=rotations, scales=scales, max_shift=0.1)
+    limits = [int(round(0.1 * s)) for s in shape]
+    for i in range(2):
+        for j in range(2):
+            best = -np.inf
+            for matrix in rotations:
+                query = rotate_images(torch.from_numpy(turned[i:i + 1]), matrix).numpy()[0]
+                for factor in scales:
+                    cand = magnify_centre(torch.from_numpy(candidates[i, j][None]), factor).numpy()[0]
+                    for sh in itertools.product(*[range(-l, l + 1) for l in limits]):
+                        best = max(best, overlap_ncc(query, cand, sh))
+            assert got[i, j] == pytest.approx(best, abs=5e-5)
+    assert np.all(got[:, 1] > 0.99)  # the rotation is on the grid: the source registers almost exactly
+    assert got[1, 1] > got[1, 0] + 0.5  # b[1] is unrelated to a[1] (b[0] is a noisy copy of a[0])

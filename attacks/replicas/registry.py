@@ -93,7 +93,9 @@ def parse_scorer_list(text: str) -> list[str]:
 
 def _voxel_factory(measure: str) -> ScorerFactory:
     def factory(k: int = 10, device: str = "cpu", batch_size: int = 64, shortlist_side: int | None = None,
-                shortlist_metric: str = "ncc", flips: bool = True):
+                shortlist_metric: str | None = None, flips: bool = True):
+        if shortlist_metric is None:  # the transformation-tolerant shortlist for the registration scorer
+            shortlist_metric = "robust" if measure == "ncc_reg" else "ncc"
         from attacks.replicas.voxel import VoxelScorer
 
         return VoxelScorer(measure=measure, k=k, shortlist_side=shortlist_side, shortlist_metric=shortlist_metric,
@@ -107,3 +109,4 @@ register_scorer("ncc", _voxel_factory("ncc"))
 register_scorer("ssim", _voxel_factory("ssim"))
 register_scorer("ncc_shift", _voxel_factory("ncc_shift"))
 register_scorer("ncc_zoom", _voxel_factory("ncc_zoom"))
+register_scorer("ncc_reg", _voxel_factory("ncc_reg"))

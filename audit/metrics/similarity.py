@@ -217,13 +217,15 @@ def shift_ncc_against(queries, candidates, max_shift: float = 0.1, device: str |
     return out
 
 
-def magnify_centre(images: torch.Tensor, factor: float) -> torch.Tensor:
-    """Enlarge each image of (N, *S) by `factor` about its centre (linear interpolation) and crop back to S."""
-    if factor == 1.0:
-        return images
+def magnify_centre(images: torch.Tensor, factor: float | tuple[float, ...]) -> torch.Tensor:
+    """Enlarge each image of (N, *S) by `factor` (one for all axes, or one per axis) about its centre (linear
+    interpolation) and crop back to S."""
     spatial = tuple(images.shape[1:])
+    factors = tuple(factor) if isinstance(factor, (tuple, list)) else (factor,) * len(spatial)
+    if all(f == 1.0 for f in factors):
+        return images
     mode = "bilinear" if len(spatial) == 2 else "trilinear"
-    size = tuple(max(s, int(round(s * factor))) for s in spatial)
+    size = tuple(max(s, int(round(s * f))) for s, f in zip(spatial, factors))
     big = F.interpolate(images.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
     starts = [(b - s) // 2 for b, s in zip(size, spatial)]
     return big[(slice(None),) + tuple(slice(a, a + s) for a, s in zip(starts, spatial))]
@@ -243,3 +245,117 @@ def zoom_shift_ncc_against(queries, candidates, scales: tuple[float, ...] = (1.0
         values = shift_ncc_against(q, zoomed, max_shift=max_shift, device=device, batch_size=batch_size)
         best = values if best is None else np.maximum(best, values)
     return best
+
+
+def rotation_matrix(angle_deg: float, ndim: int, axis: int = 0) -> np.ndarray:
+    """(ndim, ndim) rotation by `angle_deg` in voxel coordinates (array axis order). 2D: the (row, col) plane;
+    3D: about array axis `axis` (the plane of the two other axes)."""
+    t = np.deg2rad(angle_deg)
+    c, s = np.cos(t), np.sin(t)
+    out = np.eye(ndim)
+    i, j = (0, 1) if ndim == 2 else tuple(a for a in range(3) if a != axis)
+    out[i, i], out[i, j], out[j, i], out[j, j] = c, -s, s, c
+    return out
+
+
+def rotate_images(images: torch.Tensor, matrix: np.ndarray, padding_mode: str = "reflection") -> torch.Tensor:
+    """Resample each image of (N, *S) as image(R · (x − centre) + centre) (linear interpolation, borders
+    reflected), i.e. the content is rotated by R⁻¹ about the centre. Voxel coordinates, so non-cubic images
+    rotate rigidly. An identity matrix returns the images unchanged."""
+    if np.allclose(matrix, np.eye(len(matrix))):
+        return images
+    spatial = tuple(images.shape[1:])
+    nd = len(spatial)
+    # grid_sample's coordinates are (x, y[, z]) = reversed array axes, normalised to [-1, 1] (align_corners=False:
+    # n = (2 p + 1) / S − 1, so p − centre = n · S / 2 with centre (S − 1) / 2)
+    rev = matrix[::-1, ::-1]
+    half = np.array(spatial[::-1], dtype=np.float64) / 2
+    theta = np.zeros((nd, nd + 1))
+    theta[:, :nd] = np.diag(1 / half) @ rev @ np.diag(half)
+    theta_t = torch.tensor(theta, dtype=images.dtype, device=images.device).expand(len(images), nd, nd + 1)
+    grid = F.affine_grid(theta_t, (len(images), 1, *spatial), align_corners=False)
+    out = F.grid_sample(images.unsqueeze(1), grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    return out.squeeze(1)
+
+
+def rotation_grid(ndim: int, max_angle: float = 10.0, step: float = 2.5) -> list[np.ndarray]:
+    """Rotations searched by `register_ncc_against`: identity, then ±step, ±2·step, … up to ±max_angle in the
+    plane (2D) or about each array axis in turn (3D; no compound rotations, to keep the grid small)."""
+    angles = [a for a in np.arange(step, max_angle + 1e-9, step) for a in (a, -a)]
+    out = [np.eye(ndim)]
+    for axis in (range(3) if ndim == 3 else [0]):
+        out += [rotation_matrix(a, ndim, axis) for a in angles]
+    return out
+
+
+@torch.no_grad()
+def register_ncc_against(queries, candidates, rotations: list[np.ndarray] | None = None,
+                         scales: tuple[float, ...] = (1.0, 1.1, 1.2), max_shift: float = 0.1,
+                         device: str | torch.device = "cpu", batch_size: int = 64) -> np.ndarray:
+    """Registration-style NCC: for each query and each of its k candidates, the largest overlap NCC over a grid
+    of similarity transforms — every rotation of `rotations` applied to the query (default `rotation_grid`:
+    ±10° in 2.5° steps; 3D about each axis) × every magnification of `scales` applied to the candidate × every
+    integer translation up to `max_shift` × side (masked FFT cross-correlation, as `shift_ncc_against`).
+    queries (B, *S), candidates (B, k, *S) → (B, k). The identity pose is included, so the value is never below
+    `zoom_shift_ncc_against` with the same scales (nor below plain NCC).
+
+    Cost: the candidates' spectra and overlap sums are computed once per scale, the query's once per rotation;
+    each (pair, pose) then costs one inverse FFT."""
+    from scipy.fft import next_fast_len
+
+    q = _as_tensor(queries, torch.float32, device)
+    c = _as_tensor(candidates, torch.float32, device)
+    if c.ndim != q.ndim + 1 or c.shape[0] != q.shape[0] or c.shape[2:] != q.shape[1:]:
+        raise ValueError(f"candidates {tuple(c.shape)} must be (B, k, *query shape) for queries {tuple(q.shape)}")
+    spatial = tuple(q.shape[1:])
+    nd = len(spatial)
+    rotations = rotation_grid(nd) if rotations is None else rotations
+    dims = tuple(range(1, nd + 1))
+    limits = [min(int(round(max_shift * s)), s - 1) for s in spatial]
+    padded = tuple(next_fast_len(s + lim, real=True) for s, lim in zip(spatial, limits))
+    index = [_shift_index(p, lim, device) for p, lim in zip(padded, limits)]
+    ones = [1] * nd
+
+    def fft(x):
+        return torch.fft.rfftn(x, s=padded, dim=dims)
+
+    def corr(fa, fb):
+        out = torch.fft.irfftn(fa * fb.conj(), s=padded, dim=dims)
+        for axis, idx in enumerate(index, start=1):
+            out = out.index_select(axis, idx)
+        return out
+
+    def centred(x):
+        return x - x.reshape(len(x), -1).mean(1).reshape(-1, *ones)
+
+    f_mask = fft(torch.ones((1, *spatial), dtype=torch.float32, device=device))
+    overlap = corr(f_mask, f_mask)
+    n_q, k = c.shape[:2]
+    out = np.full((n_q, k), -np.inf, dtype=np.float64)
+    per_step = max(1, batch_size // k)
+    for start in range(0, n_q, per_step):
+        a0 = q[start:start + per_step]
+        nb = len(a0)
+        # the query's side per rotation: spectrum and overlap sums (shared by its k candidates)
+        query_side = []
+        for matrix in rotations:
+            a = centred(rotate_images(a0, matrix))
+            fa = fft(a)
+            query_side.append((fa, corr(fa, f_mask), corr(fft(a * a), f_mask)))
+        best = torch.full((nb, k), -float("inf"))
+        for factor in scales:
+            b = centred(magnify_centre(c[start:start + nb].reshape(nb * k, *spatial), factor))
+            fb = fft(b)
+            sum_b, sum_bb = corr(f_mask, fb), corr(f_mask, fft(b * b))
+            var_b = (sum_bb - sum_b ** 2 / overlap).clamp_min(0)
+            for fa, sum_a, sum_aa in query_side:
+                sum_a_r = sum_a.unsqueeze(1).expand(nb, k, *sum_a.shape[1:]).reshape(nb * k, *sum_a.shape[1:])
+                sum_aa_r = sum_aa.unsqueeze(1).expand(nb, k, *sum_aa.shape[1:]).reshape(nb * k, *sum_aa.shape[1:])
+                fa_r = fa.unsqueeze(1).expand(nb, k, *fa.shape[1:]).reshape(nb * k, *fa.shape[1:])
+                sum_ab = corr(fa_r, fb)
+                cov = sum_ab - sum_a_r * sum_b / overlap
+                var = (sum_aa_r - sum_a_r ** 2 / overlap).clamp_min(0) * var_b
+                values = torch.where(var > 1e-12, cov / var.clamp_min(1e-30).sqrt(), torch.zeros_like(cov))
+                best = torch.maximum(best, values.reshape(nb, k, -1).amax(dim=2).cpu())
+        out[start:start + nb] = best.double().numpy()
+    return out
