@@ -33,3 +33,17 @@ def test_bad_configs_name_the_file_and_key(tmp_path, yaml_text, message):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(AuditInputError, match="unknown dataset preset 'vindrr' \\(known: .*vindr"):
         load_data_config("vindrr")
+
+
+def test_every_shipped_generator_preset_validates():
+    from generators.config import load_generator_config
+
+    names = preset_names("generators")
+    assert {"ldm2d-tiny", "ldm3d-tiny", "memorize", "memorize-quick"} <= set(names)
+    for name in names:
+        cfg = load_generator_config(name)
+        assert cfg.kind in ("ldm2d", "ldm3d")
+    quick, full = load_generator_config("memorize-quick"), load_generator_config("memorize")
+    # the demo's control is the memorize recipe with a smaller budget, nothing else
+    assert quick.model_dump(exclude={"description"}) != full.model_dump(exclude={"description"})
+    assert quick.unet.steps < full.unet.steps and quick.training.max_records == full.training.max_records
