@@ -1,8 +1,10 @@
 """The combined replica decision score: one number from several scorers, calibrated like each of them.
 
 Default definition (``tail_p``): every scorer's score x is turned into an upper-tail probability under its own
-null — the holdout→train scores h_1..h_n — and the combined score is max_s −log10 p_s(x), i.e. the scorer that
-finds the image least compatible with "genuinely new" decides. Its threshold is the q-quantile of the holdout
+null — the holdout→train scores h_1..h_n — and the combined score is max_s [−log10 p_s(x) + log10(m w_s)], i.e.
+the scorer that finds the image least compatible with "genuinely new" decides, with weighted-Bonferroni weights
+w_s: equal (the plain maximum) unless the registration scorer ``ncc_reg`` is present, which then gets w = 0.5
+(see `scorer_weights`). Its threshold is the q-quantile of the holdout
 images' own combined scores, exactly as for a single scorer.
 
     p_s(x) = (1 + #{h ≥ x}) / (n + 1)                  for x ≤ u   (empirical, smoothed: never 0)
