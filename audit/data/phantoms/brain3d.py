@@ -24,8 +24,8 @@ from scipy import ndimage
 
 from audit.data.phantoms.brain3d_anatomy import (AGE_GROUPS, HeadAnatomy, label_intensities, random_head,
                                                  tissue_labels)
-from audit.data.phantoms.common import (PhantomSummary, balanced_choice, check_arguments, count, patient_rng,
-                                        split_patients, write_csv)
+from audit.data.phantoms.common import (PhantomSummary, balanced_choice, check_arguments, count, empty_output_folder,
+                                        patient_rng, split_patients, write_csv)
 from audit.data.phantoms.texture import power_law_noise
 
 KIND = "brain3d"
@@ -109,10 +109,7 @@ def write_brain3d_phantom(out: Path, patients: int, seed: int = 0, shape=(64, 64
         raise ValueError(f"shape must be three sides of at least 16 voxels, got {shape!r}")
     if scans_per_patient < 1:
         raise ValueError(f"scans_per_patient must be at least 1, got {scans_per_patient!r}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: not empty; the phantom writes into an empty (or new) folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = empty_output_folder(out)
 
     splits = split_patients(patients, test_fraction, seed, SPLIT_NAMES, KIND)
     ages = balanced_choice(patients, AGE_GROUPS, seed, KIND, "age")

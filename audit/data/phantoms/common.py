@@ -82,3 +82,12 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
 
 def count(values: Iterable) -> dict[str, int]:
     return dict(sorted(Counter(str(v) for v in values).items()))
+
+
+def empty_output_folder(out: str | Path) -> Path:
+    """The folder a phantom is written into: new or empty, never someone's data."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: not empty; the phantom writes into an empty (or new) folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.data.phantoms.common import (PhantomSummary, balanced_choice, check_arguments, count, patient_rng,
-                                        split_patients, write_csv)
+from audit.data.phantoms.common import (PhantomSummary, balanced_choice, check_arguments, count, empty_output_folder,
+                                        patient_rng, split_patients, write_csv)
 from audit.data.phantoms.mammo_anatomy import (BIRADS_PROBABILITIES, FAT_LEVEL, GLAND_ENVELOPE_WEIGHT,
                                                GLAND_LEVEL, GLAND_SOFTNESS, PECTORAL_LEVEL, SIDES, SKIN_BOOST,
                                                VIEWS, BreastAnatomy, Finding, gland_envelope, lesion_box,
@@ -191,10 +191,7 @@ def write_mammo_phantom(out: Path, patients: int, seed: int = 0, test_fraction: 
     size = (int(image_size[0]), int(image_size[1]))
     if min(size) < 32:
         raise ValueError(f"image_size must be at least 32 × 32, got {image_size!r}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: not empty; the phantom writes into an empty (or new) folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = empty_output_folder(out)
 
     splits = split_patients(patients, test_fraction, seed, SPLIT_NAMES, KIND)
     densities = balanced_choice(patients, DENSITIES, seed, KIND, "density")
