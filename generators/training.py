@@ -183,6 +183,27 @@ def train(config: GeneratorConfig, data: TrainingData, out: str | Path, seed: in
     def budget_left() -> bool:
         return max_steps is None or steps_run < max_steps
 
+    def run_stage(stage: str, stage_steps: int, batch_size: int, pool_size: int, optimizer, loss_of) -> None:
+        """Optimisation steps of one stage until its step count or this call's budget; each step's batch and
+        noise come from (seed, stage, step) alone, so a resumed run takes exactly the steps an uninterrupted one
+        would."""
+        nonlocal steps_run, started
+        running: list[float] = []
+        while state.step < stage_steps and budget_left():
+            rng = step_generator(seed, stage, state.step)
+            idx = torch.randint(0, pool_size, (batch_size,), generator=rng)
+            loss = loss_of(idx, rng)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.step += 1
+            steps_run += 1
+            running.append(loss.item())
+            _log(state, running, tr_cfg.log_every, bar)
+            if state.step % tr_cfg.checkpoint_every == 0 and state.step < stage_steps:
+                _save(generator, out, state, optimizer, started)
+                started = time.perf_counter()
+
     optimizer = None
     try:
         if state.stage == "autoencoder":
@@ -191,21 +212,8 @@ def train(config: GeneratorConfig, data: TrainingData, out: str | Path, seed: in
             if state.step > 0:
                 load_optimizer(optimizer, out / STATE_DIR)
             generator.backend.autoencoder.train()
-            running = []
-            while state.step < ae_cfg.steps and budget_left():
-                rng = step_generator(seed, "autoencoder", state.step)
-                idx = torch.randint(0, len(images), (ae_cfg.batch_size,), generator=rng)
-                loss = generator.backend.autoencoder_loss(images[idx], rng)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                state.step += 1
-                steps_run += 1
-                running.append(loss.item())
-                _log(state, running, tr_cfg.log_every, bar)
-                if state.step % tr_cfg.checkpoint_every == 0 and state.step < ae_cfg.steps:
-                    _save(generator, out, state, optimizer, started)
-                    started = time.perf_counter()
+            run_stage("autoencoder", ae_cfg.steps, ae_cfg.batch_size, len(images), optimizer,
+                      lambda idx, rng: generator.backend.autoencoder_loss(images[idx], rng))
             generator.backend.autoencoder.eval()
             if state.step >= ae_cfg.steps:
                 # the latent scale makes the latents unit-variance, which the noise schedule assumes
@@ -224,22 +232,9 @@ def train(config: GeneratorConfig, data: TrainingData, out: str | Path, seed: in
                 load_optimizer(optimizer, out / STATE_DIR)
             for m in generator.backend.diffusion_modules:
                 m.train()
-            running = []
-            while state.step < un_cfg.steps and budget_left():
-                rng = step_generator(seed, "diffusion", state.step)
-                idx = torch.randint(0, len(latents), (un_cfg.batch_size,), generator=rng)
-                loss = diffusion_loss(generator, latents[idx], index_batch(cond_all, idx), rng,
-                                      config.conditioning.dropout)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                state.step += 1
-                steps_run += 1
-                running.append(loss.item())
-                _log(state, running, tr_cfg.log_every, bar)
-                if state.step % tr_cfg.checkpoint_every == 0 and state.step < un_cfg.steps:
-                    _save(generator, out, state, optimizer, started)
-                    started = time.perf_counter()
+            run_stage("diffusion", un_cfg.steps, un_cfg.batch_size, len(latents), optimizer,
+                      lambda idx, rng: diffusion_loss(generator, latents[idx], index_batch(cond_all, idx), rng,
+                                                      config.conditioning.dropout))
             for m in generator.backend.diffusion_modules:
                 m.eval()
             if state.step >= un_cfg.steps:
