@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 # First bytes of the formats we refuse: raw pickle (protocol 2-5 starts with 0x80) and torch.save's zip archive.
 _PICKLE_MAGIC = b"\x80"
 _ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
 def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
@@ -61,8 +61,13 @@ def looks_like_safetensors(path: str | Path) -> bool:
     return 0 < header_len <= size - 8 and head[8:9] == b"{"
 
 
-def _refuse_pickle(path: Path) -> None:
-    if looks_like_pickle(path) or (path.suffix.lower() in _PICKLE_SUFFIXES and not looks_like_safetensors(path)):
+def refuse_pickle(path: str | Path) -> None:
+    """Pickled weights can run code when loaded: refuse a file that is one by content, or that carries a pickle
+    suffix without being safetensors. Paths that are not files pass (their absence is reported elsewhere)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    if looks_like_pickle(path) or (path.suffix.lower() in PICKLE_SUFFIXES and not looks_like_safetensors(path)):
         raise AuditInputError(path, "pickled weights are refused (they can run code when loaded); "
                                     "convert them to safetensors (safetensors.torch.save_file)")
 
@@ -72,7 +77,7 @@ def load_safetensors_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise AuditInputError(path, "weights file not found")
-    _refuse_pickle(path)
+    refuse_pickle(path)
     if not looks_like_safetensors(path):
         raise AuditInputError(path, "not a safetensors file (or truncated)")
     try:
@@ -104,7 +109,7 @@ def read_checkpoint_meta(folder: str | Path, kind: str) -> dict[str, Any]:
     """The validated `config.json` of a checkpoint of `kind` (without loading tensors)."""
     folder = Path(folder)
     if folder.is_file():
-        _refuse_pickle(folder)
+        refuse_pickle(folder)
         raise AuditInputError(folder, f"a checkpoint is a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
     if not folder.is_dir():
         raise AuditInputError(folder, "checkpoint folder not found")
@@ -131,7 +136,7 @@ def load_checkpoint(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict
     weights = folder / meta.get("weights_file", WEIGHTS_FILE)
     if not weights.is_file():
         raise AuditInputError(weights, "checkpoint weights file is missing")
-    _refuse_pickle(weights)
+    refuse_pickle(weights)
     expected = meta.get("weights_sha256")
     if expected and file_sha256(weights) != expected:
         raise AuditInputError(weights, "weights do not match the checksum in config.json (truncated or replaced)")

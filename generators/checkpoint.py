@@ -16,20 +16,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from audit.checkpoints import load_safetensors_file, refuse_pickle
 from audit.errors import AuditInputError
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 GENERATOR_FILE = "generator.json"
 FORMAT = "synth-audit-generator"
-
-
-def refuse_pickle(path: Path) -> None:
-    """Pickled weights can run code when loaded; the suite only reads safetensors."""
-    if path.is_file() and path.name.lower().endswith(PICKLE_SUFFIXES):
-        raise AuditInputError(path, "refusing a pickle checkpoint (it can execute code when loaded); "
-                                    "convert it to safetensors (save_pretrained / safetensors.torch.save_file)")
 
 
 def read_json(path: Path) -> Any:
@@ -46,13 +39,9 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    refuse_pickle(path)
     if not path.is_file():
         raise AuditInputError(path, "missing from the checkpoint")
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for a cut or foreign file
-        raise AuditInputError(path, f"not a readable safetensors file, truncated or foreign ({err})") from None
+    return load_safetensors_file(path)
 
 
 def save_module(module: torch.nn.Module, config: dict, folder: Path) -> None:

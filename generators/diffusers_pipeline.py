@@ -18,7 +18,8 @@ import torch
 
 from audit.errors import AuditInputError
 from generators.base import Condition, Denoiser, image_seed
-from generators.checkpoint import PICKLE_SUFFIXES, folder_hash, read_json, refuse_pickle
+from audit.checkpoints import PICKLE_SUFFIXES, refuse_pickle
+from generators.checkpoint import folder_hash, read_json
 
 
 class DiffusersPipelineGenerator:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from audit.checkpoints import PICKLE_SUFFIXES, refuse_pickle
 from audit.errors import AuditInputError
 from generators.base import Generator
-from generators.checkpoint import GENERATOR_FILE, PICKLE_SUFFIXES, recover_interrupted_save, refuse_pickle
+from generators.checkpoint import GENERATOR_FILE, recover_interrupted_save
 
 
 def _ldm(path: Path, device: str) -> Generator:
