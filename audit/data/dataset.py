@@ -55,9 +55,6 @@ class ImageDataset(Sequence[Sample]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         record = self.records[index]
-        return self._sample(record)
-
-    def _sample(self, record: Record) -> Sample:
         image, boxes = self.load(record)
         return Sample(image=image, record=record, boxes=boxes)
 
@@ -118,8 +115,14 @@ def open_dataset(cfg: DataConfig, use_cache: bool = True) -> ImageDataset:
         raise AuditInputError(cfg.root, "data root is not a folder")
     reader = get_reader(cfg.reader)
     records, skipped = reader.scan(cfg)
+    return dataset_from_scan(cfg, records, skipped, reader.decode, use_cache)
+
+
+def dataset_from_scan(cfg: DataConfig, records: list[Record], skipped: list[SkippedFile], decode: Decode,
+                      use_cache: bool = True) -> ImageDataset:
+    """The dataset of records a reader already listed (no second scan)."""
     if not records:
         detail = f" ({len(skipped)} files skipped, first: {skipped[0].reason})" if skipped else ""
         raise AuditInputError(cfg.root, f"no usable images found{detail}")
     cache = PreprocessCache(cfg.cache_dir or default_cache_dir(), cfg.preprocess_key()) if use_cache else None
-    return ImageDataset(cfg.name, records, reader.decode, cfg.preprocess, skipped, cache)
+    return ImageDataset(cfg.name, records, decode, cfg.preprocess, skipped, cache)

@@ -102,13 +102,14 @@ class FolderReader:
 def open_folder(folder: str | Path, shape: tuple[int, ...] | None = None, manifest: str | None = None,
                 use_cache: bool = False, name: str | None = None):
     """An ImageDataset over a folder. Without `shape`, the first image's shape (all others resampled to it)."""
-    from audit.config import DataConfig, PreprocessConfig
-    from audit.data.dataset import open_dataset
+    from audit.data.dataset import dataset_from_scan
 
     folder = Path(folder)
+    records, skipped = scan_folder(folder, manifest)
     if shape is None:
-        records, _ = scan_folder(folder, manifest)
+        if not records:
+            raise AuditInputError(folder, f"no usable images found ({len(skipped)} listed files are missing)")
         shape = tuple(read_image(records[0].path).shape)
     cfg = DataConfig(name=name or folder.name, reader="folder", root=folder, manifest=manifest,
                      preprocess=PreprocessConfig(shape=tuple(shape)))
-    return open_dataset(cfg, use_cache=use_cache)
+    return dataset_from_scan(cfg, records, skipped, decode_any, use_cache)

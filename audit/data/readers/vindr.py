@@ -39,10 +39,6 @@ SPLIT_NAMES = {"training": "train", "train": "train", "test": "test", "validatio
 NO_FINDING = "No Finding"
 
 
-def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    return read_csv_rows(path, "CSV", required, allow_empty=True)
-
-
 def parse_birads(text: str | None) -> int | None:
     match = re.search(r"([1-6])", text or "")
     return int(match.group(1)) if match else None
@@ -73,7 +69,7 @@ def _float_or_none(text: str | None) -> float | None:
 def read_findings(path: Path) -> dict[str, tuple[list[str], list[Box]]]:
     """image_id → (finding categories, boxes in original pixels)."""
     out: dict[str, tuple[list[str], list[Box]]] = defaultdict(lambda: ([], []))
-    for row in read_csv(path, FINDING_COLUMNS):
+    for row in read_csv_rows(path, "CSV", FINDING_COLUMNS, allow_empty=True):
         categories = [c for c in parse_categories(row["finding_categories"], path) if c != NO_FINDING]
         image_findings, image_boxes = out[row["image_id"].strip()]
         for c in categories:
@@ -118,7 +114,7 @@ class VinDrReader:
             raise AuditInputError(breast_csv, "not found (is --data-root a VinDr-Mammo folder?)")
         if cfg.preprocess.ndim != 2:
             raise AuditInputError(breast_csv, f"VinDr-Mammo is 2D but the config shape is {cfg.preprocess.shape}")
-        rows = read_csv(breast_csv, BREAST_COLUMNS)
+        rows = read_csv_rows(breast_csv, "CSV", BREAST_COLUMNS, allow_empty=True)
         finding_csv = root / FINDING_CSV
         findings = read_findings(finding_csv) if finding_csv.is_file() else {}
         memo = HeaderMemo(cfg.cache_dir or default_cache_dir())
