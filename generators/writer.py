@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from audit.data.imageio import image_file_name, write_image_file
 from audit.errors import AuditInputError

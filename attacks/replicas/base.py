@@ -16,6 +16,29 @@ import numpy as np
 DEFAULT_QUANTILE = 0.99
 
 
+def training_array(scorer: str, train) -> np.ndarray:
+    """The training images as float32, refusing an empty set (every scorer's `fit` starts here)."""
+    from audit.errors import AuditInputError
+
+    train = np.asarray(train, dtype=np.float32)
+    if len(train) == 0:
+        raise AuditInputError(None, f"{scorer} scorer: the training set is empty")
+    return train
+
+
+def query_array(scorer: str, queries, train_shape: tuple[int, ...] | None) -> np.ndarray:
+    """The queries as float32, after `fit` and of the training images' shape (every scorer's `score` starts here)."""
+    from audit.errors import AuditInputError
+
+    if train_shape is None:
+        raise RuntimeError(f"{scorer} scorer: call fit(train) before score(queries)")
+    queries = np.asarray(queries, dtype=np.float32)
+    if tuple(queries.shape[1:]) != tuple(train_shape):
+        raise AuditInputError(None, f"{scorer} scorer: query shape {queries.shape[1:]} differs from the training "
+                                    f"shape {tuple(train_shape)}")
+    return queries
+
+
 @dataclass
 class ReplicaScores:
     scores: np.ndarray  # (Q,) float64, higher = more similar to the nearest training image

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from attacks.replicas.base import ReplicaScores
+from attacks.replicas.base import ReplicaScores, query_array, training_array
 from audit.checkpoints import load_checkpoint, load_state_strict, save_checkpoint
 from audit.errors import AuditInputError
 from audit.features import ConvTrunk, recalibrate_batchnorm, resize_to, topk_cosine, zscore_per_image
@@ -517,9 +517,7 @@ class DeepSSIMScorer:
         self.train_embeddings: np.ndarray | None = None
 
     def fit(self, train: np.ndarray) -> "DeepSSIMScorer":
-        train = np.asarray(train, dtype=np.float32)
-        if len(train) == 0:
-            raise AuditInputError(None, "deepssim scorer: the training set is empty")
+        train = training_array("deepssim", train)
         if self.model_builder is not None:
             self.model = self.model_builder(train)
         self.train = train  # kept for the exact SSIM of the shortlist
@@ -535,12 +533,7 @@ class DeepSSIMScorer:
     def score(self, queries: np.ndarray) -> ReplicaScores:
         from attacks.replicas.voxel import best_per_reference
 
-        if self.train_embeddings is None:
-            raise RuntimeError("deepssim scorer: call fit(train) before score(queries)")
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.shape[1:] != self.train.shape[1:]:
-            raise AuditInputError(None, f"deepssim scorer: query shape {queries.shape[1:]} differs from the "
-                                        f"training shape {self.train.shape[1:]}")
+        queries = query_array("deepssim", queries, None if self.train is None else self.train.shape[1:])
         parts = [self._score_oriented(np.ascontiguousarray(np.flip(queries, axis=axes)) if axes else queries)
                  for axes in orientations(queries.ndim - 1, self.flips)]
         scores = np.concatenate([p[0] for p in parts], axis=1)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from attacks.replicas.base import ReplicaScores
+from attacks.replicas.base import ReplicaScores, query_array, training_array
 from audit.errors import AuditInputError
 from audit.features import Encoder, make_encoder, topk_cosine
 
@@ -45,9 +45,7 @@ class FeatureScorer:
         self.train_shape: tuple[int, ...] | None = None
 
     def fit(self, train: np.ndarray) -> "FeatureScorer":
-        train = np.asarray(train, dtype=np.float32)
-        if len(train) == 0:
-            raise AuditInputError(None, "feature scorer: the training set is empty")
+        train = training_array("feature", train)
         if self.encoder_builder is not None:
             self.encoder = self.encoder_builder(train)
         self.train_embeddings = self.encoder.embed(train)
@@ -55,12 +53,7 @@ class FeatureScorer:
         return self
 
     def score(self, queries: np.ndarray) -> ReplicaScores:
-        if self.train_embeddings is None:
-            raise RuntimeError("feature scorer: call fit(train) before score(queries)")
-        queries = np.asarray(queries, dtype=np.float32)
-        if tuple(queries.shape[1:]) != self.train_shape:
-            raise AuditInputError(None, f"feature scorer: query shape {queries.shape[1:]} differs from the training "
-                                        f"shape {self.train_shape}")
+        queries = query_array("feature", queries, self.train_shape)
         query_embeddings = self.encoder.embed(queries)
         scores, index = topk_cosine(query_embeddings, self.train_embeddings, self.k)
         return ReplicaScores(scores=scores[:, 0].astype(np.float64), nearest=index[:, 0].astype(np.int64),

@@ -37,7 +37,7 @@ import torch
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from attacks.replicas.base import ReplicaScores
+from attacks.replicas.base import ReplicaScores, query_array, training_array
 from audit.errors import AuditInputError
 from audit.features import Encoder, resize_to
 
@@ -358,9 +358,7 @@ class SegmentationScorer:
         return downsample_for_shortlist(images, self.shortlist_side)
 
     def fit(self, train: np.ndarray) -> "SegmentationScorer":
-        train = np.asarray(train, np.float32)
-        if len(train) == 0:
-            raise AuditInputError(None, "segmentation scorer: the training set is empty")
+        train = training_array("segmentation", train)
         if self.segmenter is None:
             self.segmenter = make_segmenter("auto", train.ndim - 1)
         self.train_masks = self.segmenter.segment(train)
@@ -372,12 +370,8 @@ class SegmentationScorer:
         from attacks.replicas.voxel import best_per_reference
         from audit.search import topk_similarity
 
-        if self.train_masks is None:
-            raise RuntimeError("segmentation scorer: call fit(train) before score(queries)")
-        queries = np.asarray(queries, np.float32)
-        if queries.shape[1:] != self.train_masks.shape[1:]:
-            raise AuditInputError(None, f"segmentation scorer: query shape {queries.shape[1:]} differs from the "
-                                        f"training shape {self.train_masks.shape[1:]}")
+        queries = query_array("segmentation", queries,
+                              None if self.train_masks is None else self.train_masks.shape[1:])
         metric = "cosine" if self.shortlist_encoder is not None else "ncc"
         query_masks = self.segmenter.segment(queries)
         dice_parts, index_parts = [], []

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attacks.replicas.base import ReplicaScores
+from attacks.replicas.base import ReplicaScores, query_array
 from audit.errors import AuditInputError
 from audit.metrics.similarity import (magnify_centre, register_ncc_against, rotation_grid, shift_ncc_against, ssim_against,
                                       zoom_shift_ncc_against)
@@ -223,12 +223,7 @@ class VoxelScorer:
         return torch.bmm(t, q.unsqueeze(2)).squeeze(2).double().cpu().numpy()
 
     def score(self, queries: np.ndarray) -> ReplicaScores:
-        if self.train is None:
-            raise RuntimeError("voxel scorer: call fit(train) before score(queries)")
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.shape[1:] != self.train.shape[1:]:
-            raise AuditInputError(None, f"voxel scorer: query shape {queries.shape[1:]} differs from the training "
-                                        f"shape {self.train.shape[1:]}")
+        queries = query_array("voxel", queries, None if self.train is None else self.train.shape[1:])
         exact_parts, index_parts = [], []
         for axes in self.orientations(queries.ndim - 1):
             oriented = np.ascontiguousarray(np.flip(queries, axis=axes)) if axes else queries
