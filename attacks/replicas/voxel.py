@@ -15,7 +15,7 @@ Two stages, 2D and 3D alike:
    - ``ncc_reg`` (our extension, registration): shortlist ``robust`` (NCC ∪ Fourier-modulus signature against
      magnified training images, see SHORTLIST_METRICS); first stage ``ncc_shift`` for every orientation; second
      stage: the as-is query against its best candidates, maximised over rotations (±10°, 2D step 2.5°, 3D 5°
-     about each axis) × magnifications (2D 1.0–1.21 per axis, 3D 1.0–1.25 isotropic) × shifts up to 10%
+     about each axis) × magnifications (2D 1.0–1.25 per axis, 3D 1.0–1.25 isotropic) × shifts up to 10%
      (`audit.metrics.similarity.register_ncc_against`).
 The score is the best re-ranked value and `nearest` the training image reaching it (ties: shortlist order).
 
@@ -45,9 +45,10 @@ ZOOM_SCALES = (1.0, 1.1, 1.2)
 MAX_SHIFT = 0.1
 REG_MAX_ANGLE = 10.0
 REG_STEP = {2: 2.5, 3: 5.0}
-# magnifications of the candidate: 2D one factor per axis (4 × 4, a crop need not keep the aspect ratio),
-# 3D one isotropic factor (27 anisotropic ones cost 4.5× more)
-_GRID_2D = (1.0, 1.07, 1.14, 1.21)
+# magnifications of the candidate: 2D one factor per axis (5 × 5, a crop need not keep the aspect ratio; 1.0–1.25
+# in even log steps of 1.25^(1/4) ≈ 1.057, i.e. crops down to 80% per axis), 3D one isotropic factor (27
+# anisotropic ones cost 4.5× more)
+_GRID_2D = (1.0, 1.057, 1.118, 1.182, 1.25)
 REG_SCALES = {2: tuple((a, b) for a in _GRID_2D for b in _GRID_2D), 3: (1.0, 1.05, 1.1, 1.15, 1.2, 1.25)}
 REG_REFINE = {2: 3, 3: 10}  # first-stage candidates per query that the full pose grid re-scores
 # "ncc" (RELICT-like, the default) or "l2" (raw intensities: closer to SSIM, which also compares luminance and
