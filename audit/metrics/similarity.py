@@ -76,13 +76,14 @@ def valid_filter_matrix(length: int, taps: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _gaussian_filter_valid(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter without padding, one axis at a time: x (B, *spatial) → (B, *spatial − window + 1).
+def _gaussian_filter_valid(x: torch.Tensor, taps: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """Separable Gaussian filter without padding, one axis at a time: x (B, *spatial) → (B, *spatial − window + 1),
+    or, with `stride` s > 1, only every s-th valid position along each axis (from the first).
 
     Each axis is a matmul with a banded matrix: on CPUs this is several times faster than a convolution with an
     11×1 kernel on one channel, and it is the same arithmetic."""
     for axis in range(1, x.ndim):
-        matrix = valid_filter_matrix(x.shape[axis], taps)
+        matrix = valid_filter_matrix(x.shape[axis], taps)[::stride]
         moved = x.movedim(axis, -1)
         x = (moved @ matrix.T).movedim(-1, axis)
     return x
@@ -119,12 +120,18 @@ def _ssim_from_moments(mu_x, e_xx, mu_y, e_yy, e_xy, c1: float, c2: float) -> to
 
 @torch.no_grad()
 def ssim_against(queries, candidates, data_range: float = 1.0, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
-                 device: str | torch.device = "cpu", dtype=torch.float32, batch_size: int = 64) -> np.ndarray:
+                 device: str | torch.device = "cpu", dtype=torch.float32, batch_size: int = 64,
+                 stride: int = 1) -> np.ndarray:
     """SSIM of each query with each of its k candidates: queries (B, *S), candidates (B, k, *S) → (B, k).
 
     The same numbers as `ssim` on the repeated pairs, but a query's local moments are filtered once for its k
     candidates (3 filtered images per pair instead of 5) — what a shortlist re-rank and a brute-force scan need.
-    Memory is bounded by `batch_size` pairs."""
+    Memory is bounded by `batch_size` pairs.
+
+    `stride` s > 1 gives *sampled SSIM*: the mean of the SSIM map over the window positions on a grid of spacing s
+    (every s-th valid position along each axis) instead of all of them — the same local statistics, s^ndim fewer
+    map values and about s× fewer filter operations; an approximation used to pre-select candidates
+    (`audit.ssim_search`), never as a reported score."""
     q = _as_tensor(queries, dtype, device)
     c = _as_tensor(candidates, dtype, device)
     if c.ndim != q.ndim + 1 or c.shape[0] != q.shape[0] or c.shape[2:] != q.shape[1:]:
@@ -139,10 +146,10 @@ def ssim_against(queries, candidates, data_range: float = 1.0, window: int = SSI
     for start in range(0, n_q, per_step):
         x = q[start:start + per_step]
         nb = len(x)
-        mu_x, e_xx = _gaussian_filter_valid(torch.cat([x, x * x]), taps).split(nb)
+        mu_x, e_xx = _gaussian_filter_valid(torch.cat([x, x * x]), taps, stride).split(nb)
         y = c[start:start + nb].reshape(nb * k, *q.shape[1:])
         x_rep = x.unsqueeze(1).expand(nb, k, *x.shape[1:]).reshape(nb * k, *x.shape[1:])
-        mu_y, e_yy, e_xy = _gaussian_filter_valid(torch.cat([y, y * y, x_rep * y]), taps).split(nb * k)
+        mu_y, e_yy, e_xy = _gaussian_filter_valid(torch.cat([y, y * y, x_rep * y]), taps, stride).split(nb * k)
 
         def rep(t):
             return t.unsqueeze(1).expand(nb, k, *t.shape[1:]).reshape(nb * k, *t.shape[1:])

@@ -1,0 +1,149 @@
+"""Nearest neighbours under SSIM without computing SSIM for every pair: a three-stage cascade.
+
+Exhaustive SSIM top-1 of Q queries among N references costs Q·N full SSIM evaluations. SSIM is not an inner
+product, so the matmul search of `audit.search` cannot compute it; this module narrows the candidates down in
+three stages, each cheaper per pair than the next:
+
+1. **SSIM embedding + exact dot-product top-`candidates`** (`ssim_embedding`, `audit.search.topk_similarity`): an
+   image becomes, at every valid window position p, the outer product of a luminance vector and a structure vector,
+
+       g(p) = (μ, √(C1/2)) / √(μ² + C1/2),      h(p) = (√(C2/2), x − μ) / √(σ² + C2/2),
+
+   with μ, σ² the Gaussian-window mean and variance of SSIM itself. Then g_x·g_y = (μxμy + C1/2) / √(…)(…) is
+   SSIM's luminance term with the geometric instead of the arithmetic mean of the two denominators (equal when
+   μx = μy), and h_x·h_y ≈ (σxy + C2/2) / √((σx² + C2/2)(σy² + C2/2)) is its contrast–structure term with the same
+   substitution and the windowed covariance replaced by the product of the centred values at p (whose window
+   average it is). So the dot product of two embeddings approximates Σ_p SSIM-map(p): flat-and-equal regions
+   count (a mammogram's background is half the image, and it decides which training image is SSIM-closest to a
+   new one), unlike NCC on downsampled images. Positions are average-pooled (`pool`) to cut the dimension.
+2. **Sampled SSIM** of the query and its `candidates`: the exact SSIM map, but evaluated only at every s-th
+   window position along each axis (as `ssim_against(..., stride=s)`; the references' sampled local means and
+   second moments are computed once at `fit`, so a pair costs one filtered product image); keeps the best
+   `verify`.
+3. **Exact SSIM** (`ssim_against`) of the `verify` survivors; the result is sorted by exact SSIM.
+
+Stages 1–2 only pre-select; every returned score is an exact SSIM. A reference that stage 1 or 2 drops can only
+make the returned best smaller than the exhaustive best, never larger. Measured against brute-force SSIM in
+`benchmarks/bench_search_speed.py`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from audit.metrics.similarity import (SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, _as_tensor, _gaussian_filter_valid,
+                                      _ssim_from_moments, gaussian_taps, ssim_against, ssim_window)
+from audit.search import topk_similarity
+
+
+@torch.no_grad()
+def ssim_embedding(images, pool: int = 2, data_range: float = 1.0, window: int = SSIM_WINDOW,
+                   sigma: float = SSIM_SIGMA, device: str | torch.device = "cpu",
+                   batch_size: int = 128) -> np.ndarray:
+    """(N, *S) images in [0, data_range] → (N, d) float32 embeddings whose dot product approximates the sum of the
+    SSIM map of the two images (module docstring); d = 4 · (valid positions / pool^ndim)."""
+    x_all = _as_tensor(images, torch.float32, device)
+    spatial = tuple(x_all.shape[1:])
+    if len(spatial) not in (2, 3):
+        raise ValueError(f"expected (N, H, W) or (N, D, H, W) images, got shape {tuple(x_all.shape)}")
+    win = ssim_window(spatial, window)
+    taps = gaussian_taps(win, sigma).to(device)
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    half = win // 2
+    centre = (slice(None),) + tuple(slice(half, s - half) for s in spatial)
+    avg_pool = F.avg_pool2d if len(spatial) == 2 else F.avg_pool3d
+    parts = []
+    for start in range(0, len(x_all), batch_size):
+        x = x_all[start:start + batch_size]
+        n = len(x)
+        mu, e_xx = _gaussian_filter_valid(torch.cat([x, x * x]), taps).split(n)
+        structure_norm = torch.rsqrt((e_xx - mu * mu).clamp_min(0) + c2 / 2)
+        luminance_norm = torch.rsqrt(mu * mu + c1 / 2)
+        g = (mu * luminance_norm, (c1 / 2) ** 0.5 * luminance_norm)
+        h = ((c2 / 2) ** 0.5 * structure_norm, (x[centre] - mu) * structure_norm)
+        features = torch.stack([gi * hj for gi in g for hj in h], dim=1)  # (n, 4, *valid)
+        if pool > 1:
+            features = avg_pool(features, pool, ceil_mode=True)
+        parts.append(features.reshape(n, -1).cpu())
+    return torch.cat(parts).numpy()
+
+
+class SSIMSearch:
+    """`fit(references)` then `topk(queries, k)` → (exact SSIM (Q, k), reference indices (Q, k)), best first."""
+
+    def __init__(self, candidates: int = 200, verify: int = 10, stride: int = 4, pool: int = 2,
+                 data_range: float = 1.0, device: str = "cpu", batch_size: int = 256):
+        if not 1 <= verify <= candidates:
+            raise ValueError(f"need 1 <= verify <= candidates, got verify={verify}, candidates={candidates}")
+        self.candidates, self.verify, self.stride, self.pool = candidates, verify, stride, pool
+        self.data_range, self.device, self.batch_size = data_range, device, batch_size
+        self.references: np.ndarray | None = None
+        self.embeddings: np.ndarray | None = None
+        self.sampled_moments: torch.Tensor | None = None  # (N, 2, *grid): local mean, local E[y²] on the grid
+
+    def _taps(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return gaussian_taps(ssim_window(shape, SSIM_WINDOW), SSIM_SIGMA).to(self.device)
+
+    def fit(self, references: np.ndarray) -> "SSIMSearch":
+        self.references = np.ascontiguousarray(references, dtype=np.float32)
+        self.embeddings = ssim_embedding(self.references, self.pool, self.data_range, device=self.device)
+        taps = self._taps(self.references.shape[1:])
+        moments = []
+        for start in range(0, len(self.references), self.batch_size):
+            y = torch.from_numpy(self.references[start:start + self.batch_size]).to(self.device)
+            moments.append(torch.stack(_gaussian_filter_valid(torch.cat([y, y * y]), taps, self.stride)
+                                       .split(len(y)), dim=1))
+        self.sampled_moments = torch.cat(moments)
+        return self
+
+    @torch.no_grad()
+    def _sampled_ssim(self, queries: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Stage 2: sampled SSIM (stride `self.stride`) of each query with its indexed references."""
+        n_q, k = index.shape
+        taps = self._taps(queries.shape[1:])
+        c1, c2 = (SSIM_K1 * self.data_range) ** 2, (SSIM_K2 * self.data_range) ** 2
+        out = np.empty(index.shape, dtype=np.float64)
+        step = max(1, self.batch_size // k)
+        for start in range(0, n_q, step):
+            x = torch.from_numpy(queries[start:start + step]).to(self.device)
+            nb, rows = len(x), torch.from_numpy(index[start:start + step].reshape(-1))
+            mu_x, e_xx = _gaussian_filter_valid(torch.cat([x, x * x]), taps, self.stride).split(nb)
+            y = torch.from_numpy(self.references[rows.numpy()]).to(self.device).reshape(nb, k, *x.shape[1:])
+            e_xy = _gaussian_filter_valid((x.unsqueeze(1) * y).reshape(nb * k, *x.shape[1:]), taps, self.stride)
+            mu_y, e_yy = self.sampled_moments[rows].unbind(1)
+
+            def rep(t):
+                return t.unsqueeze(1).expand(nb, k, *t.shape[1:]).reshape(nb * k, *t.shape[1:])
+
+            values = _ssim_from_moments(rep(mu_x), rep(e_xx), mu_y, e_yy, e_xy, c1, c2)
+            out[start:start + nb] = values.reshape(nb, k).double().cpu().numpy()
+        return out
+
+    def _exact_ssim(self, queries: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Stage 3: exact SSIM of each query with its indexed references, a few queries at a time so that the
+        gathered candidates stay within `batch_size` images."""
+        out = np.empty(index.shape, dtype=np.float64)
+        step = max(1, self.batch_size // index.shape[1])
+        for start in range(0, len(queries), step):
+            rows = slice(start, start + step)
+            out[rows] = ssim_against(queries[rows], self.references[index[rows]], data_range=self.data_range,
+                                     device=self.device, batch_size=self.batch_size)
+        return out
+
+    def topk(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        if self.references is None:
+            raise RuntimeError("SSIMSearch: call fit(references) first")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n = len(self.references)
+        candidates, verify = min(self.candidates, n), min(max(self.verify, k), n)
+        _, index = topk_similarity(ssim_embedding(queries, self.pool, self.data_range, device=self.device),
+                                   self.embeddings, k=candidates, metric="dot", device=self.device)
+        if verify < candidates:
+            sampled = self._sampled_ssim(queries, index)
+            keep = np.argsort(-sampled, axis=1, kind="stable")[:, :verify]
+            index = np.take_along_axis(index, keep, 1)
+        exact = self._exact_ssim(queries, index)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :min(k, verify)]
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(index, order, 1)
