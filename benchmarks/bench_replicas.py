@@ -1,7 +1,8 @@
 """Replica-detection benchmark: planted replicas in real images + phantoms (accuracy), and the search's speed.
 
     .venv/bin/python benchmarks/bench_replicas.py [--scorers ncc,ssim] [--threads 1] [--quick] [--save-scores]
-        [--out benchmarks/results/bench_replicas.json] [--skip-accuracy] [--skip-speed]
+        [--out benchmarks/results/bench_replicas.json] [--skip-accuracy] [--skip-speed] [--seed S]
+    .venv/bin/python benchmarks/bench_replicas.py --from-scores DIR [--out JSON]   (tables only, no scoring)
 
 Accuracy. Image pools nobody here drew by hand:
 - 2D (128 × 128): non-overlapping tiles of the pydicom-data radiographs RG1 (CR chest), RG3 (CR), MR2 (MR),
@@ -10,11 +11,14 @@ Accuracy. Image pools nobody here drew by hand:
 - 3D (32³): non-overlapping 32 mm cubes of the MNI152 T1 template (1 mm); `write_brain3d_phantom` volumes.
 Each pool is first de-duplicated: an image whose NCC with an already kept image of another group exceeds 0.95
 is dropped (neighbouring tiles of flat regions and nearby template slices are pixel-level near-duplicates, i.e.
-unlabelled replicas that would make "novel" ground truth wrong). Each pool is then split by group (patient / tile) into train, holdout (the calibration null) and novel (test negatives,
-never copied). Replicas: copies of random training images under each transformation (albumentations 2.0.8 in 2D,
-MONAI / scipy in 3D). Per scorer and transformation: AUC and TPR at 1% FPR of replicas vs novel images, TPR and
+unlabelled replicas that would make "novel" ground truth wrong). Each pool is then split by group (patient / tile
+/ slice / cube) into train 45%, holdout 20% (the calibration null) and novel 35% (test negatives, never copied).
+Replicas: copies of random training images under each transformation (albumentations 2.0.8 in 2D, MONAI / scipy
+in 3D). Per scorer and transformation: AUC and TPR at 1% FPR of replicas vs novel images, TPR and
 FPR at the threshold calibrated on the holdout (q = 0.99), and how often the reported nearest training image is
-the replica's source.
+the replica's source. The run is two halves: `score_domain` (pools, replicas, scorers → the raw scores, which
+--save-scores writes as DIR/scores_{2D,3D}.npz) and `domain_tables` (combiners from attacks/replicas/combined.py,
+calibration, the tables); --from-scores DIR runs only the second half on saved scores.
 
 Speed (same run, same thread count):
 - the machine's matmul peak (GFLOP/s → pairs/s for the shortlist's d) beside the shortlist search's throughput;
@@ -44,6 +48,7 @@ TRANSFORMS = ("exact", "flip", "shift", "rotate", "gamma", "noise", "blur", "jpe
 SIZE_2D = (128, 128)
 SIZE_3D = (32, 32, 32)
 VOXEL_SCORERS = ("ncc", "ssim", "ncc_shift", "ncc_zoom", "ncc_reg")
+SPLIT_FRACTIONS = (0.45, 0.2)  # train, holdout (groups); the rest (0.35) is novel
 
 
 # =============================================================================================== image pools
@@ -127,6 +132,11 @@ def brain_phantom_volumes(patients: int, work: Path, seed: int = 12) -> list[tup
     write_brain3d_phantom(root, patients=patients, seed=seed, shape=SIZE_3D, scans_per_patient=1)
     return [(fit_to_shape(to_unit_range(read_image(p)), SIZE_3D), f"brain:{p.name}")
             for p in sorted(root.glob("volumes/*.nii.gz"))]
+
+
+def source_of(group: str) -> str:
+    """The source a group name comes from: "mammo", "mni", "brain" or the radiograph's file name."""
+    return group.split(":")[0]
 
 
 # =============================================================================================== transformations
@@ -249,17 +259,20 @@ def split_by_group(groups: list[str], fractions: tuple[float, float], seed: int)
     return idx[roles == 0], idx[roles == 1], idx[roles == 2]
 
 
-def evaluate_domain(domain: str, pool: list[tuple[np.ndarray, str]], transforms: dict, scorer_names: list[str],
-                    n_replicas: int, quantile: float, seed: int, scorer_options: dict,
-                    scores_dir: str | None = None) -> dict:
-    from attacks.replicas.calibrate import calibrate
-    from attacks.replicas.combined import MaxZCombiner, TailPCombiner
+def score_domain(domain: str, pool: list[tuple[np.ndarray, str]], deduplicated_away: int, transforms: dict,
+                 scorer_names: list[str], n_replicas: int, seed: int, scorer_options: dict) -> dict:
+    """The scoring half: split the pool, plant the replicas, run every scorer on holdout + novel + replicas.
+
+    Returns the scores record — everything `domain_tables` needs, as arrays (what --save-scores writes):
+    domain, scorers (in the listed order), n_train, n_holdout, n_novel, replicas_per_transform, transforms,
+    sources (the replicas' training indices, transformation-major), seconds (per scorer, fit + all queries),
+    score_<scorer> and nearest_<scorer> (holdout, then novel, then the replicas), and meta (JSON: pool size,
+    de-duplicated count, sources per split, seed)."""
     from attacks.replicas.registry import make_scorer
-    from audit.metrics.statistics import rate_estimate, roc_auc, tpr_at_fpr
 
     images = np.stack([p[0] for p in pool]).astype(np.float32)
     groups = [p[1] for p in pool]  # tiles, slices, cubes: one group each; phantom views: their patient
-    train_idx, hold_idx, novel_idx = split_by_group(groups, (0.45, 0.2), seed)
+    train_idx, hold_idx, novel_idx = split_by_group(groups, SPLIT_FRACTIONS, seed)
     train, holdout, novel = images[train_idx], images[hold_idx], images[novel_idx]
     rng = np.random.default_rng(seed + 1)
     replica_sets, sources = [], []
@@ -270,22 +283,64 @@ def evaluate_domain(domain: str, pool: list[tuple[np.ndarray, str]], transforms:
     replicas = np.concatenate(replica_sets)
     queries = np.concatenate([holdout, novel, replicas])
     n_h, n_n = len(holdout), len(novel)
+    composition = {split: {str(src): int(n) for src, n in zip(*np.unique([source_of(groups[i]) for i in idx],
+                                                                           return_counts=True))}
+                   for split, idx in (("train", train_idx), ("holdout", hold_idx), ("novel", novel_idx))}
     print(f"[{domain}] pool {len(images)} → train {len(train)}, holdout {n_h}, novel {n_n}, "
-          f"replicas {len(replicas)} ({len(transforms)} × {len(replica_sets[0])})", flush=True)
+          f"replicas {len(replicas)} ({len(transforms)} × {len(replica_sets[0])}); sources {composition}",
+          flush=True)
 
-    scores, nearest, seconds = {}, {}, {}
+    record = {"domain": np.array(domain), "scorers": np.array(scorer_names), "n_train": len(train),
+              "n_holdout": n_h, "n_novel": n_n, "replicas_per_transform": len(replica_sets[0]),
+              "transforms": np.array(list(transforms)), "sources": np.concatenate(sources),
+              "meta": np.array(json.dumps({"pool": len(images), "deduplicated_away": deduplicated_away,
+                                           "composition": composition, "seed": seed}))}
+    seconds = []
     for name in scorer_names:
         t0 = time.perf_counter()
         scorer = make_scorer(name, **scorer_options)
         result = scorer.fit(train).score(queries)
-        scores[name], nearest[name] = np.asarray(result.scores, np.float64), np.asarray(result.nearest)
-        seconds[name] = time.perf_counter() - t0
-        print(f"[{domain}] {name}: {seconds[name]:.1f} s for {len(queries)} queries × {len(train)} train",
-              flush=True)
-    if scores_dir is not None:  # raw scores, for analyses beyond this table
-        np.savez(Path(scores_dir) / f"scores_{domain}.npz", n_holdout=n_h, n_novel=n_n,
-                 transforms=np.array(list(transforms)), sources=np.concatenate(sources),
-                 **{f"score_{n}": v for n, v in scores.items()}, **{f"nearest_{n}": v for n, v in nearest.items()})
+        record[f"score_{name}"] = np.asarray(result.scores, np.float64)
+        record[f"nearest_{name}"] = np.asarray(result.nearest)
+        seconds.append(time.perf_counter() - t0)
+        print(f"[{domain}] {name}: {seconds[-1]:.1f} s for {len(queries)} queries × {len(train)} train", flush=True)
+    record["seconds"] = np.array(seconds)
+    return record
+
+
+def save_scores(record: dict, directory: Path) -> Path:
+    path = Path(directory) / f"scores_{record['domain']}.npz"
+    np.savez(path, **record)
+    return path
+
+
+def load_scores(path: Path) -> dict:
+    with np.load(path) as data:
+        record = {key: data[key] for key in data.files}
+    missing = {"domain", "scorers", "n_train", "replicas_per_transform", "seconds", "meta"} - set(record)
+    if missing:
+        raise SystemExit(f"{path}: no {', '.join(sorted(missing))} — written before --from-scores existed; "
+                         f"re-run the benchmark with --save-scores")
+    return record
+
+
+def domain_tables(record: dict, quantile: float) -> dict:
+    """The table half: from a scores record (fresh or loaded), the combiners of attacks/replicas/combined.py
+    fitted on the holdout, then per scorer and combiner the calibrated threshold and per transformation AUC,
+    TPR at 1% FPR, TPR and FPR at the calibrated threshold, and how often the nearest training image is the
+    replica's source."""
+    from attacks.replicas.calibrate import calibrate
+    from attacks.replicas.combined import MaxZCombiner, TailPCombiner
+    from audit.metrics.statistics import rate_estimate, roc_auc, tpr_at_fpr
+
+    domain = str(record["domain"])
+    scorer_names = [str(n) for n in record["scorers"]]
+    transforms = [str(t) for t in record["transforms"]]
+    n_h, n_n = int(record["n_holdout"]), int(record["n_novel"])
+    sources = np.split(np.asarray(record["sources"]), len(transforms))
+    meta = json.loads(str(record["meta"]))
+    scores = {n: np.asarray(record[f"score_{n}"], np.float64) for n in scorer_names}
+    nearest = {n: np.asarray(record[f"nearest_{n}"]) for n in scorer_names}
     holdout_scores = {n: s[:n_h] for n, s in scores.items()}
     nearest_by_scorer = np.stack([nearest[n] for n in scorer_names], 1)
     combiners = {"combined": TailPCombiner().fit(holdout_scores),  # the suite's definition
@@ -310,7 +365,7 @@ def evaluate_domain(domain: str, pool: list[tuple[np.ndarray, str]], transforms:
         fpr_cal = rate_estimate(int((neg > cal.threshold).sum()), n_n)
         calibration[name] = {"threshold": cal.threshold, "novel_fpr": fpr_cal.to_dict()}
         offset = n_h + n_n
-        for t, (tname, src) in enumerate(zip(transforms, sources)):
+        for tname, src in zip(transforms, sources):
             pos = s[offset:offset + len(src)]
             near = nearest[name][offset:offset + len(src)]
             offset += len(src)
@@ -320,10 +375,12 @@ def evaluate_domain(domain: str, pool: list[tuple[np.ndarray, str]], transforms:
                          "auc": roc_auc(labels, both), "tpr_at_1pct_fpr": tpr_at_fpr(labels, both, 0.01),
                          "tpr_calibrated": float(np.mean(pos > cal.threshold)),
                          "fpr_calibrated": fpr_cal.value, "nearest_is_source": float(np.mean(near == src))})
-    return {"domain": domain, "sizes": {"train": len(train), "holdout": n_h, "novel": n_n,
-                                        "replicas_per_transform": len(replica_sets[0])},
-            "seconds": seconds, "calibration": calibration, "rows": rows,
-            "combiners": {n: c.describe() for n, c in combiners.items()}}
+    return {"domain": domain, "sizes": {"train": int(record["n_train"]), "holdout": n_h, "novel": n_n,
+                                        "replicas_per_transform": int(record["replicas_per_transform"]),
+                                        "pool": meta["pool"], "deduplicated_away": meta["deduplicated_away"],
+                                        "sources": meta["composition"]},
+            "seconds": dict(zip(scorer_names, map(float, record["seconds"]))), "calibration": calibration,
+            "rows": rows, "combiners": {n: c.describe() for n, c in combiners.items()}}
 
 
 # =============================================================================================== speed
@@ -465,6 +522,10 @@ def markdown(results: dict) -> str:
         s = dom["sizes"]
         lines.append(f"\n### {dom['domain']}: train {s['train']}, holdout {s['holdout']}, novel {s['novel']}, "
                      f"{s['replicas_per_transform']} replicas per transformation\n")
+        by_split = "; ".join(f"{split} " + ", ".join(f"{src} {n}" for src, n in counts.items())
+                             for split, counts in s["sources"].items())
+        lines.append(f"Pool {s['pool']} after de-duplication (−{s['deduplicated_away']}); images per source: "
+                     f"{by_split}.\n")
         scorers = list(dom["calibration"])
         lines.append("| transformation | " + " | ".join(f"{n} AUC / TPR@1%FPR / TPR@cal" for n in scorers) + " |")
         lines.append("|---|" + "---|" * len(scorers))
@@ -532,8 +593,16 @@ def main() -> None:
                         help="transformations to plant (default: all); a subset for quick runs")
     parser.add_argument("--brain-patients", type=int, default=400,
                         help="3D phantom volumes before de-duplication (default %(default)s)")
-    parser.add_argument("--out", default="benchmarks/results/bench_replicas.json")
+    parser.add_argument("--from-scores", metavar="DIR",
+                        help="no scoring: recompute the accuracy tables from DIR/scores_{2D,3D}.npz (written by "
+                             "--save-scores; scorers, transformations and sizes come from the files; no speed part)")
+    parser.add_argument("--out", help="results JSON (and .md beside it); default "
+                                      "benchmarks/results/bench_replicas.json, with --from-scores "
+                                      "DIR/bench_replicas_from_scores.json")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = str(Path(args.from_scores) / "bench_replicas_from_scores.json") if args.from_scores \
+            else "benchmarks/results/bench_replicas.json"
 
     import torch
 
@@ -550,28 +619,33 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     if not args.skip_accuracy:
-        from audit.data.imageio import fit_to_shape  # noqa: F401  (data layer import check)
-
-        volume = mni_template()
+        volume = None if args.from_scores else mni_template()
         options = {"device": "cpu", "batch_size": 64}
         domains = [d.strip() for d in args.domains.split(",")]
+        wanted = [t.strip() for t in args.transforms.split(",") if t.strip()]
         results["accuracy"], results["pools"], results["deduplicated_away"] = [], {}, {}
         for domain in domains:
-            if domain == "2D":
-                pool = radiograph_tiles() + mni_slices(volume) + mammo_phantom_views(20 if q else 100, work)
-                transforms, n_rep = transforms_2d(args.seed), 30 if q else 100
+            if args.from_scores:
+                record = load_scores(Path(args.from_scores) / f"scores_{domain}.npz")
             else:
-                pool = mni_cubes(volume) + brain_phantom_volumes(30 if q else args.brain_patients, work)
-                transforms, n_rep = transforms_3d(args.seed), 20 if q else 60
-            wanted = [t.strip() for t in args.transforms.split(",") if t.strip()]
-            transforms = {t: transforms[t] for t in wanted}
-            pool, dropped = deduplicate(pool)
-            results["pools"][domain], results["deduplicated_away"][domain] = len(pool), dropped
-            print(f"[{domain}] pool after de-duplication: {len(pool)} (-{dropped})", flush=True)
-            results["accuracy"].append(evaluate_domain(domain, pool, transforms, scorer_names, n_rep, args.quantile,
-                                                       args.seed, options,
-                                                       Path(args.out).parent if args.save_scores else None))
-    if not args.skip_speed:
+                if domain == "2D":
+                    pool = radiograph_tiles() + mni_slices(volume) + mammo_phantom_views(20 if q else 100, work)
+                    transforms, n_rep = transforms_2d(args.seed), 30 if q else 100
+                else:
+                    pool = mni_cubes(volume) + brain_phantom_volumes(30 if q else args.brain_patients, work)
+                    transforms, n_rep = transforms_3d(args.seed), 20 if q else 60
+                pool, dropped = deduplicate(pool)
+                print(f"[{domain}] pool after de-duplication: {len(pool)} (-{dropped})", flush=True)
+                record = score_domain(domain, pool, dropped, {t: transforms[t] for t in wanted}, scorer_names,
+                                      n_rep, args.seed, options)
+                if args.save_scores:
+                    print(f"[{domain}] scores written to {save_scores(record, Path(args.out).parent)}", flush=True)
+            tables = domain_tables(record, args.quantile)
+            results["accuracy"].append(tables)
+            results["scorers"] = [str(n) for n in record["scorers"]]
+            results["pools"][domain] = tables["sizes"]["pool"]
+            results["deduplicated_away"][domain] = tables["sizes"]["deduplicated_away"]
+    if not args.skip_speed and not args.from_scores:
         results["speed"] = {
             "shortlist": [shortlist_throughput(d, 1000 if q else 2000, 5000 if q else 20000) for d in (256, 1024)],
             "two_stage": two_stage_vs_brute_force(work, 400 if q else 2000, 100 if q else 500, 10 if q else 50),
