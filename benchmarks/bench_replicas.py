@@ -6,9 +6,10 @@
 
 Accuracy. Image pools nobody here drew by hand:
 - 2D (128 × 128): non-overlapping tiles of the pydicom-data radiographs RG1 (CR chest), RG3 (CR), MR2 (MR),
-  693 (CT) and CT_small; slices of nilearn's MNI152 T1 template in the three planes, 16 mm apart; one image per
+  693 (CT) and CT_small; slices of nilearn's MNI152 T1 template in the three planes, 8 mm apart; one image per
   view of `write_mammo_phantom` patients (split by patient).
-- 3D (32³): non-overlapping 32 mm cubes of the MNI152 T1 template (1 mm); `write_brain3d_phantom` volumes.
+- 3D (32³): non-overlapping 24 mm cubes of the MNI152 T1 template (1 mm), resized to 32³; `write_brain3d_phantom`
+  heads at 96³, each cut into non-overlapping 32³ cubes of which the informative ones are kept (split by head).
 Each pool is first de-duplicated: an image whose NCC with an already kept image of another group exceeds 0.95
 is dropped (neighbouring tiles of flat regions and nearby template slices are pixel-level near-duplicates, i.e.
 unlabelled replicas that would make "novel" ground truth wrong). Each pool is then split by group (patient / tile
@@ -48,6 +49,8 @@ TRANSFORMS = ("exact", "flip", "shift", "rotate", "gamma", "noise", "blur", "jpe
 SIZE_2D = (128, 128)
 SIZE_3D = (32, 32, 32)
 VOXEL_SCORERS = ("ncc", "ssim", "ncc_shift", "ncc_zoom", "ncc_reg")
+MAMMO_PATIENTS = 330  # 2D phantom patients (four views each)
+BRAIN_PATIENTS = 100  # 3D phantom heads at 96³ (about seven informative 32³ cubes each)
 SPLIT_FRACTIONS = (0.45, 0.2)  # train, holdout (groups); the rest (0.35) is novel
 
 
@@ -89,7 +92,7 @@ def mni_template() -> np.ndarray:
     return unit(np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32))
 
 
-def mni_slices(volume: np.ndarray, step: int = 16) -> list[tuple[np.ndarray, str]]:
+def mni_slices(volume: np.ndarray, step: int = 8) -> list[tuple[np.ndarray, str]]:
     from audit.data.imageio import fit_to_shape
 
     out = []
@@ -101,14 +104,17 @@ def mni_slices(volume: np.ndarray, step: int = 16) -> list[tuple[np.ndarray, str
     return out
 
 
-def mni_cubes(volume: np.ndarray, side: int = 32) -> list[tuple[np.ndarray, str]]:
+def mni_cubes(volume: np.ndarray, side: int = 24) -> list[tuple[np.ndarray, str]]:
+    """Non-overlapping side³ mm cubes (mostly brain, some contrast), resized to SIZE_3D."""
+    from audit.data.imageio import fit_to_shape
+
     out = []
     for z in range(0, volume.shape[0] - side + 1, side):
         for y in range(0, volume.shape[1] - side + 1, side):
             for x in range(0, volume.shape[2] - side + 1, side):
                 cube = volume[z:z + side, y:y + side, x:x + side]
                 if np.mean(cube > 0.05) > 0.5 and cube.std() > 0.05:
-                    out.append((unit(cube), f"mni:{z},{y},{x}"))
+                    out.append((fit_to_shape(unit(cube), SIZE_3D), f"mni:{z},{y},{x}"))
     return out
 
 
@@ -124,14 +130,33 @@ def mammo_phantom_views(patients: int, work: Path, seed: int = 11) -> list[tuple
     return out
 
 
-def brain_phantom_volumes(patients: int, work: Path, seed: int = 12) -> list[tuple[np.ndarray, str]]:
-    from audit.data.imageio import fit_to_shape, read_image, to_unit_range
+def brain_phantom_cubes(patients: int, work: Path, seed: int = 12, head: int = 96) -> list[tuple[np.ndarray, str]]:
+    """`write_brain3d_phantom` heads at head³, each cut into non-overlapping SIZE_3D cubes; the informative ones
+    (inside the head: about 7 of 27 at 96³) are kept, grouped by patient so that a head never straddles splits."""
+    from audit.data.imageio import read_image, to_unit_range
     from audit.data.phantoms import write_brain3d_phantom
 
     root = work / "brain"
-    write_brain3d_phantom(root, patients=patients, seed=seed, shape=SIZE_3D, scans_per_patient=1)
-    return [(fit_to_shape(to_unit_range(read_image(p)), SIZE_3D), f"brain:{p.name}")
-            for p in sorted(root.glob("volumes/*.nii.gz"))]
+    write_brain3d_phantom(root, patients=patients, seed=seed, shape=(head,) * 3, scans_per_patient=1)
+    side = SIZE_3D[0]
+    out = []
+    for path in sorted(root.glob("volumes/*.nii.gz")):
+        volume = to_unit_range(read_image(path))
+        for z in range(0, head - side + 1, side):
+            for y in range(0, head - side + 1, side):
+                for x in range(0, head - side + 1, side):
+                    cube = unit(volume[z:z + side, y:y + side, x:x + side])
+                    if informative(cube):
+                        out.append((cube, f"brain:{path.name}"))
+    return out
+
+
+def pool_2d(volume: np.ndarray, work: Path, mammo_patients: int) -> list[tuple[np.ndarray, str]]:
+    return radiograph_tiles() + mni_slices(volume) + mammo_phantom_views(mammo_patients, work)
+
+
+def pool_3d(volume: np.ndarray, work: Path, brain_patients: int) -> list[tuple[np.ndarray, str]]:
+    return mni_cubes(volume) + brain_phantom_cubes(brain_patients, work)
 
 
 def source_of(group: str) -> str:
@@ -271,7 +296,7 @@ def score_domain(domain: str, pool: list[tuple[np.ndarray, str]], deduplicated_a
     from attacks.replicas.registry import make_scorer
 
     images = np.stack([p[0] for p in pool]).astype(np.float32)
-    groups = [p[1] for p in pool]  # tiles, slices, cubes: one group each; phantom views: their patient
+    groups = [p[1] for p in pool]  # tiles, slices, cubes: one group each; phantom views and cubes: their patient
     train_idx, hold_idx, novel_idx = split_by_group(groups, SPLIT_FRACTIONS, seed)
     train, holdout, novel = images[train_idx], images[hold_idx], images[novel_idx]
     rng = np.random.default_rng(seed + 1)
@@ -591,8 +616,10 @@ def main() -> None:
     parser.add_argument("--domains", default="2D,3D", help="accuracy domains to run (default %(default)s)")
     parser.add_argument("--transforms", default=",".join(TRANSFORMS),
                         help="transformations to plant (default: all); a subset for quick runs")
-    parser.add_argument("--brain-patients", type=int, default=400,
-                        help="3D phantom volumes before de-duplication (default %(default)s)")
+    parser.add_argument("--mammo-patients", type=int, default=MAMMO_PATIENTS,
+                        help="2D phantom patients, four views each (default %(default)s)")
+    parser.add_argument("--brain-patients", type=int, default=BRAIN_PATIENTS,
+                        help="3D phantom heads, each cut into 32³ cubes (default %(default)s)")
     parser.add_argument("--from-scores", metavar="DIR",
                         help="no scoring: recompute the accuracy tables from DIR/scores_{2D,3D}.npz (written by "
                              "--save-scores; scorers, transformations and sizes come from the files; no speed part)")
@@ -629,10 +656,10 @@ def main() -> None:
                 record = load_scores(Path(args.from_scores) / f"scores_{domain}.npz")
             else:
                 if domain == "2D":
-                    pool = radiograph_tiles() + mni_slices(volume) + mammo_phantom_views(20 if q else 100, work)
+                    pool = pool_2d(volume, work, 20 if q else args.mammo_patients)
                     transforms, n_rep = transforms_2d(args.seed), 30 if q else 100
                 else:
-                    pool = mni_cubes(volume) + brain_phantom_volumes(30 if q else args.brain_patients, work)
+                    pool = pool_3d(volume, work, 10 if q else args.brain_patients)
                     transforms, n_rep = transforms_3d(args.seed), 20 if q else 60
                 pool, dropped = deduplicate(pool)
                 print(f"[{domain}] pool after de-duplication: {len(pool)} (-{dropped})", flush=True)
