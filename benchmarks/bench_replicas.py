@@ -1,7 +1,7 @@
-"""Replica-detection benchmark: planted replicas in real images + phantoms (accuracy), and the search's speed.
+"""Replica-detection accuracy benchmark: planted replicas in real images + phantoms.
 
     .venv/bin/python benchmarks/bench_replicas.py [--scorers ncc,ssim] [--threads 1] [--quick] [--save-scores]
-        [--out benchmarks/results/bench_replicas.json] [--skip-accuracy] [--skip-speed] [--seed S]
+        [--out benchmarks/results/bench_replicas.json] [--seed S]
     .venv/bin/python benchmarks/bench_replicas.py --from-scores DIR [--out JSON]   (tables only, no scoring)
 
 Accuracy. Image pools nobody here drew by hand:
@@ -21,11 +21,7 @@ the replica's source. The run is two halves: `score_domain` (pools, replicas, sc
 --save-scores writes as DIR/scores_{2D,3D}.npz) and `domain_tables` (combiners from attacks/replicas/combined.py,
 calibration, the tables); --from-scores DIR runs only the second half on saved scores.
 
-Speed (same run, same thread count):
-- the machine's matmul peak (GFLOP/s → pairs/s for the shortlist's d) beside the shortlist search's throughput;
-- two-stage top-1 (downsampled-NCC shortlist, SSIM re-rank) vs brute-force SSIM top-1, 500 queries × 2000
-  references; brute force is timed on a query subset and extrapolated linearly (printed as such);
-- peak memory (ru_maxrss of a child process) of a 20k × 100k, d = 256 embedding search.
+The search's speed (throughput, SSIM top-1 search, memory) is measured by bench_search_speed.py.
 
 Nothing is downloaded: pydicom-data, nilearn's bundled template and the phantom writers are local.
 """
@@ -36,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -408,132 +403,6 @@ def domain_tables(record: dict, quantile: float) -> dict:
             "rows": rows, "combiners": {n: c.describe() for n, c in combiners.items()}}
 
 
-# =============================================================================================== speed
-
-
-def matmul_peak(d: int, n: int = 4096, repeats: int = 5) -> float:
-    """Best GFLOP/s of a float32 (n × d) @ (d × n) product — the ceiling of any dot-product search."""
-    import torch
-
-    a, b = torch.randn(n, d), torch.randn(d, n)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n * n * d / best / 1e9
-
-
-def shortlist_throughput(d: int, n_queries: int, n_refs: int, repeats: int = 3) -> dict:
-    from audit.search import topk_similarity
-
-    rng = np.random.default_rng(0)
-    q = rng.random((n_queries, d), dtype=np.float32)
-    r = rng.random((n_refs, d), dtype=np.float32)
-    topk_similarity(q[:64], r[:4096], k=10, metric="ncc")  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        topk_similarity(q, r, k=10, metric="ncc")
-        best = min(best, time.perf_counter() - t0)
-    peak = matmul_peak(d)
-    pairs = n_queries * n_refs / best
-    peak_pairs = peak * 1e9 / (2 * d)
-    return {"d": d, "queries": n_queries, "references": n_refs, "seconds": best, "pairs_per_s": pairs,
-            "matmul_peak_gflops": peak, "peak_pairs_per_s": peak_pairs, "fraction_of_peak": pairs / peak_pairs}
-
-
-def two_stage_vs_brute_force(work: Path, n_refs: int, n_queries: int, brute_queries: int, seed: int = 3) -> dict:
-    """Two-stage SSIM top-1 vs exhaustive SSIM top-1 on 2D phantom mammograms (128²)."""
-    from attacks.replicas.voxel import VoxelScorer
-    from audit.metrics.similarity import ssim_against
-
-    patients = (n_refs + n_queries) // 4 + 2
-    pool = mammo_phantom_views(patients, work / "speed", seed=seed)
-    images = np.stack([p[0] for p in pool])
-    refs = images[:n_refs]
-    rng = np.random.default_rng(seed)
-    n_copies = n_queries // 2
-    tf = transforms_2d(seed)
-    kinds = [t for t in TRANSFORMS if t != "flip"]  # brute force compares orientations as they are
-    src = rng.choice(n_refs, n_copies, replace=False)
-    copies = np.stack([tf[kinds[i % len(kinds)]](refs[s]) for i, s in enumerate(src)])
-    novel = images[len(images) - (n_queries - n_copies):]
-    queries = np.concatenate([copies, novel])
-
-    two_stage, t_two = {}, {}
-    for metric in ("ncc", "l2"):
-        scorer = VoxelScorer("ssim", k=10, flips=False, shortlist_metric=metric).fit(refs)
-        t0 = time.perf_counter()
-        two_stage[metric] = scorer.score(queries)
-        t_two[metric] = time.perf_counter() - t0
-
-    # brute force on a subset (half copies, half novel), timed and extrapolated linearly to all queries; it uses
-    # the same SSIM kernel as the re-rank (one query against all references), so the ratio is about pairs
-    subset = np.r_[np.arange(brute_queries // 2), n_copies + np.arange(brute_queries - brute_queries // 2)]
-    brute_best = np.empty(len(subset), np.int64)
-    brute_values = np.empty((len(subset), n_refs))
-    t0 = time.perf_counter()
-    for j, q in enumerate(subset):
-        brute_values[j] = ssim_against(queries[q][None], refs[None], batch_size=256)[0]
-        brute_best[j] = int(np.argmax(brute_values[j]))
-    t_brute_subset = time.perf_counter() - t0
-    t_brute = t_brute_subset * len(queries) / len(subset)
-    half = brute_queries // 2
-    out = {"references": n_refs, "queries": len(queries), "image_shape": list(SIZE_2D), "k": 10,
-           "brute_force_subset_queries": len(subset), "brute_force_subset_seconds": t_brute_subset,
-           "brute_force_seconds_extrapolated": t_brute, "shortlists": {}}
-    for metric, result in two_stage.items():
-        agree = result.nearest[subset] == brute_best
-        # how much SSIM the two-stage pick gives away against the exhaustive best (0 when they agree)
-        shortfall = brute_values.max(1) - brute_values[np.arange(len(subset)), result.nearest[subset]]
-        out["shortlists"][metric] = {
-            "ssim_shortfall_median": float(np.median(shortfall)), "ssim_shortfall_max": float(shortfall.max()),
-            "ssim_shortfall_novel_median": float(np.median(shortfall[half:])),
-            "two_stage_seconds": t_two[metric], "time_ratio": t_brute / t_two[metric],
-            "agreement": float(agree.mean()), "agreement_copies": float(agree[:half].mean()),
-            "agreement_novel": float(agree[half:].mean()),
-            "copies_found_by_two_stage": float(np.mean(result.nearest[:n_copies] == src))}
-    return out
-
-
-MEMORY_CHILD = r"""
-import sys, time, numpy as np, torch
-torch.set_num_threads(int(sys.argv[4]))
-from audit.search import topk_similarity
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024  # kB → bytes
-    return -1
-
-nq, nr, d = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-rng = np.random.default_rng(0)
-q = rng.standard_normal((nq, d), dtype=np.float32)
-r = rng.standard_normal((nr, d), dtype=np.float32)
-before = status("VmRSS:")
-open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark (VmHWM) to the current RSS
-t0 = time.perf_counter()
-s, i = topk_similarity(q, r, k=10, metric="cosine")
-dt = time.perf_counter() - t0
-print(before, status("VmHWM:"), dt, s.shape[0], s.shape[1])
-"""
-
-
-def search_memory(n_queries: int, n_refs: int, d: int, threads: int) -> dict:
-    """Peak resident memory of the search in a fresh process: VmHWM after resetting it just before the search
-    (ru_maxrss would carry the parent's peak over fork/exec)."""
-    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(n_queries), str(n_refs), str(d), str(threads)],
-                         capture_output=True, text=True, check=True)
-    before, peak, seconds, *_ = out.stdout.split()
-    return {"queries": n_queries, "references": n_refs, "d": d, "k": 10,
-            "peak_rss_gb": int(peak) / 2**30, "rss_before_search_gb": int(before) / 2**30,
-            "search_increment_gb": (int(peak) - int(before)) / 2**30,
-            "dense_matrix_would_be_gb": n_queries * n_refs * 4 / 2**30, "seconds": float(seconds)}
-
-
 # =============================================================================================== report
 
 
@@ -569,35 +438,6 @@ def markdown(results: dict) -> str:
         lines.append(f"Nearest training image = the replica's source (mean over transformations): {near}.")
         secs = ", ".join(f"{n} {v:.0f} s" for n, v in dom["seconds"].items())
         lines.append(f"Scoring time (fit + all queries): {secs}.")
-    sp = results.get("speed", {})
-    if sp:
-        lines.append("\n### Speed\n")
-        lines.append("| measurement | value |")
-        lines.append("|---|---|")
-        for t in sp.get("shortlist", []):
-            lines.append(f"| shortlist search d={t['d']}, {t['queries']}×{t['references']}, top-10 | "
-                         f"{t['pairs_per_s'] / 1e6:.1f} M pairs/s = {t['fraction_of_peak'] * 100:.0f}% of the "
-                         f"matmul peak ({t['matmul_peak_gflops']:.1f} GFLOP/s → {t['peak_pairs_per_s'] / 1e6:.1f} "
-                         f"M pairs/s) |")
-        ts = sp.get("two_stage")
-        if ts:
-            for metric, r in ts["shortlists"].items():
-                lines.append(f"| two-stage SSIM top-1 ({metric} shortlist, k={ts['k']}) vs brute-force SSIM top-1, "
-                             f"{ts['queries']}×{ts['references']} ({ts['image_shape'][0]}²) | agreement "
-                             f"{r['agreement'] * 100:.0f}% on {ts['brute_force_subset_queries']} queries (copies "
-                             f"{r['agreement_copies'] * 100:.0f}%, novel {r['agreement_novel'] * 100:.0f}%), SSIM "
-                             f"given away vs the exhaustive best: median {r['ssim_shortfall_median']:.4f}, max "
-                             f"{r['ssim_shortfall_max']:.4f}; "
-                             f"{r['two_stage_seconds']:.1f} s vs {ts['brute_force_seconds_extrapolated']:.0f} s "
-                             f"(extrapolated from {ts['brute_force_subset_seconds']:.0f} s on the subset) = "
-                             f"{r['time_ratio']:.0f}× less time |")
-        mem = sp.get("memory")
-        if mem:
-            lines.append(f"| peak memory, {mem['queries'] // 1000}k × {mem['references'] // 1000}k search, "
-                         f"d={mem['d']}, top-10 | {mem['peak_rss_gb']:.2f} GB peak RSS of the process (torch and "
-                         f"the inputs included; the search added {mem['search_increment_gb']:.2f} GB to the "
-                         f"{mem['rss_before_search_gb']:.2f} GB before it; the dense matrix alone would be "
-                         f"{mem['dense_matrix_would_be_gb']:.1f} GB); {mem['seconds']:.0f} s |")
     return "\n".join(lines)
 
 
@@ -608,8 +448,6 @@ def main() -> None:
                         help="torch threads (default 1: the 2 cores are shared; the peak is measured alike)")
     parser.add_argument("--quantile", type=float, default=0.99)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--skip-accuracy", action="store_true")
-    parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-scores", action="store_true",
                         help="also write the raw scores per domain (scores_2D.npz, scores_3D.npz) beside --out")
@@ -622,7 +460,7 @@ def main() -> None:
                         help="3D phantom heads, each cut into 32³ cubes (default %(default)s)")
     parser.add_argument("--from-scores", metavar="DIR",
                         help="no scoring: recompute the accuracy tables from DIR/scores_{2D,3D}.npz (written by "
-                             "--save-scores; scorers, transformations and sizes come from the files; no speed part)")
+                             "--save-scores; scorers, transformations and sizes come from the files)")
     parser.add_argument("--out", help="results JSON (and .md beside it); default "
                                       "benchmarks/results/bench_replicas.json, with --from-scores "
                                       "DIR/bench_replicas_from_scores.json")
@@ -645,49 +483,47 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    if not args.skip_accuracy:
-        volume = None if args.from_scores else mni_template()
-        options = {"device": "cpu", "batch_size": 64}
-        domains = [d.strip() for d in args.domains.split(",")]
-        wanted = [t.strip() for t in args.transforms.split(",") if t.strip()]
-        results["accuracy"], results["pools"], results["deduplicated_away"] = [], {}, {}
-        for domain in domains:
-            if args.from_scores:
-                record = load_scores(Path(args.from_scores) / f"scores_{domain}.npz")
+    volume = None if args.from_scores else mni_template()
+    options = {"device": "cpu", "batch_size": 64}
+    domains = [d.strip() for d in args.domains.split(",")]
+    wanted = [t.strip() for t in args.transforms.split(",") if t.strip()]
+    results["accuracy"], results["pools"], results["deduplicated_away"] = [], {}, {}
+    for domain in domains:
+        if args.from_scores:
+            record = load_scores(Path(args.from_scores) / f"scores_{domain}.npz")
+        else:
+            if domain == "2D":
+                pool = pool_2d(volume, work, 20 if q else args.mammo_patients)
+                transforms, n_rep = transforms_2d(args.seed), 30 if q else 100
             else:
-                if domain == "2D":
-                    pool = pool_2d(volume, work, 20 if q else args.mammo_patients)
-                    transforms, n_rep = transforms_2d(args.seed), 30 if q else 100
-                else:
-                    pool = pool_3d(volume, work, 10 if q else args.brain_patients)
-                    transforms, n_rep = transforms_3d(args.seed), 20 if q else 60
-                pool, dropped = deduplicate(pool)
-                print(f"[{domain}] pool after de-duplication: {len(pool)} (-{dropped})", flush=True)
-                record = score_domain(domain, pool, dropped, {t: transforms[t] for t in wanted}, scorer_names,
-                                      n_rep, args.seed, options)
-                if args.save_scores:
-                    print(f"[{domain}] scores written to {save_scores(record, Path(args.out).parent)}", flush=True)
-            tables = domain_tables(record, args.quantile)
-            results["accuracy"].append(tables)
-            results["scorers"] = [str(n) for n in record["scorers"]]
-            results["pools"][domain] = tables["sizes"]["pool"]
-            results["deduplicated_away"][domain] = tables["sizes"]["deduplicated_away"]
-    if not args.skip_speed and not args.from_scores:
-        results["speed"] = {
-            "shortlist": [shortlist_throughput(d, 1000 if q else 2000, 5000 if q else 20000) for d in (256, 1024)],
-            "two_stage": two_stage_vs_brute_force(work, 400 if q else 2000, 100 if q else 500, 10 if q else 50),
-            "memory": search_memory(2000 if q else 20000, 10000 if q else 100000, 256, args.threads),
-        }
+                pool = pool_3d(volume, work, 10 if q else args.brain_patients)
+                transforms, n_rep = transforms_3d(args.seed), 20 if q else 60
+            pool, dropped = deduplicate(pool)
+            print(f"[{domain}] pool after de-duplication: {len(pool)} (-{dropped})", flush=True)
+            record = score_domain(domain, pool, dropped, {t: transforms[t] for t in wanted}, scorer_names,
+                                  n_rep, args.seed, options)
+            if args.save_scores:
+                print(f"[{domain}] scores written to {save_scores(record, Path(args.out).parent)}", flush=True)
+        tables = domain_tables(record, args.quantile)
+        results["accuracy"].append(tables)
+        results["scorers"] = [str(n) for n in record["scorers"]]
+        results["pools"][domain] = tables["sizes"]["pool"]
+        results["deduplicated_away"][domain] = tables["sizes"]["deduplicated_away"]
     results["seconds_total"] = time.perf_counter() - t_start
-    report = markdown(results)
+    write_results(results, markdown(results), Path(args.out))
+
+
+def write_results(results: dict, report: str, out: Path) -> None:
+    """Print the report; write the results JSON and the report as Markdown beside it, headed by the command,
+    date and machine (shared with bench_search_speed.py)."""
     print(report)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=float))
+    machine = results["machine"]
     out.with_suffix(".md").write_text(f"Command: `{results['command']}`, {results['date_utc']} UTC, "
-                                      f"{results['machine']['cpu_count']} CPU cores, torch threads "
-                                      f"{args.threads}, load average at start "
-                                      f"{results['machine']['load_average_at_start'][0]:.1f}\n{report}\n")
+                                      f"{machine['cpu_count']} CPU cores, torch threads {machine['torch_threads']}, "
+                                      f"load average at start {machine['load_average_at_start'][0]:.1f}"
+                                      f"\n\n{report}\n")
     print(f"\nwrote {out} and {out.with_suffix('.md')} ({results['seconds_total']:.0f} s)")
 
 
