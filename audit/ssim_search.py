@@ -17,7 +17,7 @@ three stages, each cheaper per pair than the next:
    approximates Σ_p SSIM-map(p): flat-and-equal regions count (a mammogram's background is half the image and
    decides which training image is SSIM-closest to a new one), unlike NCC on downsampled images, and so do
    differences of local brightness. Positions are average-pooled (`pool`) to cut the dimension (d = 2r · valid
-   positions / pool^ndim: 41.8k for 128² images at r = 6, pool 2).
+   positions / pool^ndim: 41.8k for 128² images at r = 6, pool 2); φ is evaluated at the block's mean μ.
    `luminance_rank=None` gives the closed-form two-vector luminance g = (μ, √(C1/2)) / √(μ² + C1/2), exact for
    μx = μy but blind to brightness differences inside tissue (g ≈ (1, 0) whenever μ ≫ √C1): on a tuning set
    (phantom mammograms, seed 4: 250 queries × 2000 references, half copies, half new) the exhaustive SSIM best was
@@ -82,7 +82,7 @@ def ssim_embedding(images, pool: int = 2, data_range: float = 1.0, window: int =
     avg_pool = F.avg_pool2d if len(spatial) == 2 else F.avg_pool3d
     if luminance_rank is not None:
         means, factors = luminance_factors(luminance_rank, data_range)
-        factors = torch.from_numpy(factors.astype(np.float32)).to(device)
+        factors = torch.from_numpy(factors.astype(np.float32)).to(device).contiguous()
         step = float(means[1] - means[0])
     parts = []
     for start in range(0, len(x_all), batch_size):
@@ -90,19 +90,20 @@ def ssim_embedding(images, pool: int = 2, data_range: float = 1.0, window: int =
         n = len(x)
         mu, e_xx = _gaussian_filter_valid(torch.cat([x, x * x]), taps).split(n)
         structure_norm = torch.rsqrt((e_xx - mu * mu).clamp_min(0) + c2 / 2)
+        h = torch.stack([(c2 / 2) ** 0.5 * structure_norm, (x[centre] - mu) * structure_norm], dim=1)
+        if pool > 1:
+            # the luminance factor is taken as constant within a pooling block (μ is already a Gaussian-window
+            # mean, smooth at the block's scale): φ(mean μ) ⊗ mean h instead of mean(φ(μ) ⊗ h), 4× less work
+            mu, h = avg_pool(mu.unsqueeze(1), pool, ceil_mode=True).squeeze(1), avg_pool(h, pool, ceil_mode=True)
         if luminance_rank is None:
             luminance_norm = torch.rsqrt(mu * mu + c1 / 2)
-            g = (mu * luminance_norm, (c1 / 2) ** 0.5 * luminance_norm)
-        else:  # φ(μ) by linear interpolation between the grid's factors
+            g = torch.stack([mu * luminance_norm, (c1 / 2) ** 0.5 * luminance_norm], dim=1)
+        else:  # φ(μ) by linear interpolation between the grid's factors, one factor at a time
             position = (mu / step).clamp(0, len(factors) - 1)
             low = position.floor().long().clamp(max=len(factors) - 2)  # a mean of data_range: frac 1 of the last
-            frac = (position - low).unsqueeze(-1)
-            phi = factors[low] * (1 - frac) + factors[low + 1] * frac  # (n, *valid, rank)
-            g = tuple(phi.unbind(-1))
-        h = ((c2 / 2) ** 0.5 * structure_norm, (x[centre] - mu) * structure_norm)
-        features = torch.stack([gi * hj for gi in g for hj in h], dim=1)  # (n, 4, *valid)
-        if pool > 1:
-            features = avg_pool(features, pool, ceil_mode=True)
+            frac = position - low
+            g = torch.stack([f[low] * (1 - frac) + f[low + 1] * frac for f in factors.T], dim=1)  # (n, r, *grid)
+        features = g.unsqueeze(2) * h.unsqueeze(1)  # (n, r, 2, *grid): every luminance × structure product
         parts.append(features.reshape(n, -1).cpu())
     return torch.cat(parts).numpy()
 

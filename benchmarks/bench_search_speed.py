@@ -84,7 +84,7 @@ def ssim_queries(work: Path, n_refs: int, n_queries: int, seed: int) -> tuple[np
 
 
 def ssim_search_vs_brute_force(work: Path, n_refs: int, n_queries: int, brute_queries: int, seed: int = 3,
-                               chunk: int = 25) -> dict:
+                               chunk: int = 50) -> dict:
     """Top-1 by SSIM: the cascade and the NCC-shortlist re-rank against exhaustive exact SSIM.
 
     The methods and the brute force take turns on chunks of `chunk` queries, so that all of them run under the
