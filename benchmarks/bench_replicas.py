@@ -1,7 +1,7 @@
 """Replica-detection accuracy benchmark: planted replicas in real images + phantoms.
 
     .venv/bin/python benchmarks/bench_replicas.py [--scorers ncc,ssim] [--threads 1] [--quick] [--save-scores]
-        [--out benchmarks/results/bench_replicas.json] [--seed S]
+        [--out benchmarks/results/bench_replicas_accuracy.json] [--seed S]
     .venv/bin/python benchmarks/bench_replicas.py --from-scores DIR [--out JSON]   (tables only, no scoring)
 
 Accuracy. Image pools nobody here drew by hand:
@@ -503,12 +503,12 @@ def main() -> None:
                         help="no scoring: recompute the accuracy tables from DIR/scores_{2D,3D}.npz (written by "
                              "--save-scores; scorers, transformations and sizes come from the files)")
     parser.add_argument("--out", help="results JSON (and .md beside it); default "
-                                      "benchmarks/results/bench_replicas.json, with --from-scores "
+                                      "benchmarks/results/bench_replicas_accuracy.json, with --from-scores "
                                       "DIR/bench_replicas_from_scores.json")
     args = parser.parse_args()
     if args.out is None:
         args.out = str(Path(args.from_scores) / "bench_replicas_from_scores.json") if args.from_scores \
-            else "benchmarks/results/bench_replicas.json"
+            else "benchmarks/results/bench_replicas_accuracy.json"
 
     import torch
 
