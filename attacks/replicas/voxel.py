@@ -51,7 +51,7 @@ REG_STEP = {2: 2.5, 3: 5.0}
 # first-stage candidates (crossing all 125 with the 13 rotations would cost 20× more)
 _GRID_2D = (1.0, 1.057, 1.118, 1.182, 1.25)
 REG_SCALES = {2: tuple((a, b) for a in _GRID_2D for b in _GRID_2D), 3: (1.0, 1.05, 1.1, 1.15, 1.2, 1.25)}
-REG_REFINE = {2: 3, 3: 10}  # first-stage candidates per query that the full pose grid re-scores
+REG_REFINE = {2: 5, 3: 10}  # first-stage candidates per query that the full pose grid re-scores (2D: see refine)
 REG_ANISO_3D = tuple((a, b, c) for a in _GRID_2D for b in _GRID_2D for c in _GRID_2D)
 REG_ANISO_REFINE = 3
 # "ncc" (RELICT-like, the default) or "l2" (raw intensities: closer to SSIM, which also compares luminance and
@@ -201,6 +201,9 @@ class VoxelScorer:
         Only the as-is orientation is registered: choosing the orientation by the first stage picked a mirrored
         one for symmetric 3D phantoms and lost crop-and-resize copies (tuning split, seed 1); a mirrored copy is
         an exact match at the first stage anyway. A mirrored *and* rotated copy gets its shift-only score.
+        2D re-scores the first stage's 5 best (3 before 2026-11-22: on the reported benchmark split, seed 0, a
+        rotated copy's source was 4th by the shift-only first stage and never registered; changed after that run,
+        checked on a fresh split, seed 2 — see docs/replicas.md).
         3D also searches per-axis magnifications (`REG_ANISO_3D`, unrotated) against the `REG_ANISO_REFINE` best
         first-stage candidates: with isotropic ones only, copies cropped unequally per axis stayed below novel
         volumes (tuning split, seed 1: crop-and-resize AUC 0.974)."""
