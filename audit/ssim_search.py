@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from audit.metrics.similarity import (SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, _as_tensor, _gaussian_filter_valid,
-                                      _ssim_from_moments, gaussian_taps, ssim_against, ssim_window)
+                                      candidate_moments_of, gaussian_taps, ssim_against, ssim_window)
 from audit.search import topk_similarity
 
 LUMINANCE_GRID = 401  # local means at which SSIM's luminance kernel is factorised (linear interpolation between)
@@ -127,53 +127,25 @@ class SSIMSearch:
         return ssim_embedding(images, self.pool, self.data_range, device=self.device,
                               luminance_rank=self.luminance_rank)
 
-    def _taps(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return gaussian_taps(ssim_window(shape, SSIM_WINDOW), SSIM_SIGMA).to(self.device)
-
     def fit(self, references: np.ndarray) -> "SSIMSearch":
         self.references = np.ascontiguousarray(references, dtype=np.float32)
         self.embeddings = self._embed(self.references)
-        taps = self._taps(self.references.shape[1:])
-        moments = []
-        for start in range(0, len(self.references), self.batch_size):
-            y = torch.from_numpy(self.references[start:start + self.batch_size]).to(self.device)
-            moments.append(torch.stack(_gaussian_filter_valid(torch.cat([y, y * y]), taps, self.stride)
-                                       .split(len(y)), dim=1))
-        self.sampled_moments = torch.cat(moments)
+        self.sampled_moments = candidate_moments_of(self.references, stride=self.stride, device=self.device,
+                                                    batch_size=self.batch_size)
         return self
 
-    @torch.no_grad()
-    def _sampled_ssim(self, queries: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """Stage 2: sampled SSIM (stride `self.stride`) of each query with its indexed references."""
-        n_q, k = index.shape
-        taps = self._taps(queries.shape[1:])
-        c1, c2 = (SSIM_K1 * self.data_range) ** 2, (SSIM_K2 * self.data_range) ** 2
-        out = np.empty(index.shape, dtype=np.float64)
-        step = max(1, self.batch_size // k)
-        for start in range(0, n_q, step):
-            x = torch.from_numpy(queries[start:start + step]).to(self.device)
-            nb, rows = len(x), torch.from_numpy(index[start:start + step].reshape(-1))
-            mu_x, e_xx = _gaussian_filter_valid(torch.cat([x, x * x]), taps, self.stride).split(nb)
-            y = torch.from_numpy(self.references[rows.numpy()]).to(self.device).reshape(nb, k, *x.shape[1:])
-            e_xy = _gaussian_filter_valid((x.unsqueeze(1) * y).reshape(nb * k, *x.shape[1:]), taps, self.stride)
-            mu_y, e_yy = self.sampled_moments[rows].unbind(1)
-
-            def rep(t):
-                return t.unsqueeze(1).expand(nb, k, *t.shape[1:]).reshape(nb * k, *t.shape[1:])
-
-            values = _ssim_from_moments(rep(mu_x), rep(e_xx), mu_y, e_yy, e_xy, c1, c2)
-            out[start:start + nb] = values.reshape(nb, k).double().cpu().numpy()
-        return out
-
-    def _exact_ssim(self, queries: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """Stage 3: exact SSIM of each query with its indexed references, a few queries at a time so that the
-        gathered candidates stay within `batch_size` images."""
+    def _ssim(self, queries: np.ndarray, index: np.ndarray, stride: int) -> np.ndarray:
+        """SSIM of each query with its indexed references — sampled (stage 2, with the cached moments) when
+        stride > 1, exact (stage 3) otherwise — a few queries at a time so that the gathered candidates stay within
+        `batch_size` images."""
         out = np.empty(index.shape, dtype=np.float64)
         step = max(1, self.batch_size // index.shape[1])
         for start in range(0, len(queries), step):
             rows = slice(start, start + step)
+            moments = self.sampled_moments[torch.from_numpy(index[rows])] if stride > 1 else None
             out[rows] = ssim_against(queries[rows], self.references[index[rows]], data_range=self.data_range,
-                                     device=self.device, batch_size=self.batch_size)
+                                     device=self.device, batch_size=self.batch_size, stride=stride,
+                                     candidate_moments=moments)
         return out
 
     def topk(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -181,13 +153,14 @@ class SSIMSearch:
             raise RuntimeError("SSIMSearch: call fit(references) first")
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n = len(self.references)
-        candidates, verify = min(self.candidates, n), min(max(self.verify, k), n)
+        verify = min(max(self.verify, k), n)
+        candidates = min(max(self.candidates, verify), n)
         _, index = topk_similarity(self._embed(queries), self.embeddings, k=candidates, metric="dot",
                                    device=self.device)
         if verify < candidates:
-            sampled = self._sampled_ssim(queries, index)
+            sampled = self._ssim(queries, index, self.stride)
             keep = np.argsort(-sampled, axis=1, kind="stable")[:, :verify]
             index = np.take_along_axis(index, keep, 1)
-        exact = self._exact_ssim(queries, index)
+        exact = self._ssim(queries, index, 1)
         order = np.argsort(-exact, axis=1, kind="stable")[:, :min(k, verify)]
         return np.take_along_axis(exact, order, 1), np.take_along_axis(index, order, 1)

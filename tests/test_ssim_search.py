@@ -7,7 +7,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
-from audit.metrics.similarity import SSIM_K1, SSIM_K2, ssim, ssim_against
+from audit.metrics.similarity import SSIM_K1, SSIM_K2, candidate_moments_of, ssim, ssim_against
 from audit.ssim_search import SSIMSearch, luminance_factors, ssim_embedding
 
 
@@ -39,6 +39,15 @@ def test_sampled_ssim_is_the_mean_of_skimages_ssim_map_on_the_grid(shape, stride
     got = ssim_against(a[None], b[None, None], stride=stride)[0, 0]
     assert got == pytest.approx(expected, abs=1e-5)
     assert ssim_against(a[None], b[None, None], stride=1)[0, 0] == pytest.approx(ssim(a[None], b[None])[0], abs=1e-6)
+
+
+@pytest.mark.parametrize("shape,stride", [((40, 36), 1), ((40, 36), 4), ((24, 22, 20), 3)])
+def test_cached_candidate_moments_give_the_same_ssim(shape, stride):
+    queries, refs = textured(shape, 3, seed=9), textured(shape, 5, seed=10)
+    index = np.array([[0, 3], [4, 1], [2, 2]])
+    moments = candidate_moments_of(refs, stride=stride)[index]
+    np.testing.assert_allclose(ssim_against(queries, refs[index], stride=stride, candidate_moments=moments),
+                               ssim_against(queries, refs[index], stride=stride), atol=1e-6)
 
 
 def test_ssim_embedding_closed_form_for_constant_images():

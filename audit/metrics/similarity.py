@@ -121,7 +121,7 @@ def _ssim_from_moments(mu_x, e_xx, mu_y, e_yy, e_xy, c1: float, c2: float) -> to
 @torch.no_grad()
 def ssim_against(queries, candidates, data_range: float = 1.0, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
                  device: str | torch.device = "cpu", dtype=torch.float32, batch_size: int = 64,
-                 stride: int = 1) -> np.ndarray:
+                 stride: int = 1, candidate_moments=None) -> np.ndarray:
     """SSIM of each query with each of its k candidates: queries (B, *S), candidates (B, k, *S) → (B, k).
 
     The same numbers as `ssim` on the repeated pairs, but a query's local moments are filtered once for its k
@@ -131,7 +131,10 @@ def ssim_against(queries, candidates, data_range: float = 1.0, window: int = SSI
     `stride` s > 1 gives *sampled SSIM*: the mean of the SSIM map over the window positions on a grid of spacing s
     (every s-th valid position along each axis) instead of all of them — the same local statistics, s^ndim fewer
     map values and about s× fewer filter operations; an approximation used to pre-select candidates
-    (`audit.ssim_search`), never as a reported score."""
+    (`audit.ssim_search`), never as a reported score.
+
+    `candidate_moments` (B, k, 2, *filtered shape): the candidates' local means and E[y²] as `candidate_moments_of`
+    computes them with the same stride, when a caller has them cached; a pair then costs one filtered image."""
     q = _as_tensor(queries, dtype, device)
     c = _as_tensor(candidates, dtype, device)
     if c.ndim != q.ndim + 1 or c.shape[0] != q.shape[0] or c.shape[2:] != q.shape[1:]:
@@ -149,7 +152,12 @@ def ssim_against(queries, candidates, data_range: float = 1.0, window: int = SSI
         mu_x, e_xx = _gaussian_filter_valid(torch.cat([x, x * x]), taps, stride).split(nb)
         y = c[start:start + nb].reshape(nb * k, *q.shape[1:])
         x_rep = x.unsqueeze(1).expand(nb, k, *x.shape[1:]).reshape(nb * k, *x.shape[1:])
-        mu_y, e_yy, e_xy = _gaussian_filter_valid(torch.cat([y, y * y, x_rep * y]), taps, stride).split(nb * k)
+        if candidate_moments is None:
+            mu_y, e_yy, e_xy = _gaussian_filter_valid(torch.cat([y, y * y, x_rep * y]), taps, stride).split(nb * k)
+        else:
+            given = _as_tensor(candidate_moments[start:start + nb], dtype, device)
+            mu_y, e_yy = given.reshape(nb * k, *given.shape[2:]).unbind(1)
+            e_xy = _gaussian_filter_valid(x_rep * y, taps, stride)
 
         def rep(t):
             return t.unsqueeze(1).expand(nb, k, *t.shape[1:]).reshape(nb * k, *t.shape[1:])
@@ -157,6 +165,21 @@ def ssim_against(queries, candidates, data_range: float = 1.0, window: int = SSI
         values = _ssim_from_moments(rep(mu_x), rep(e_xx), mu_y, e_yy, e_xy, c1, c2)
         out[start:start + nb] = values.reshape(nb, k).double().cpu().numpy()
     return out
+
+
+@torch.no_grad()
+def candidate_moments_of(images, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, stride: int = 1,
+                         device: str | torch.device = "cpu", dtype=torch.float32,
+                         batch_size: int = 256) -> torch.Tensor:
+    """(N, *S) → (N, 2, *filtered shape): each image's local mean and local E[y²] (stride as in `ssim_against`),
+    to cache for images that are SSIM candidates again and again."""
+    x_all = _as_tensor(images, dtype, device)
+    taps = gaussian_taps(ssim_window(tuple(x_all.shape[1:]), window), sigma, dtype).to(device)
+    parts = []
+    for start in range(0, len(x_all), batch_size):
+        y = x_all[start:start + batch_size]
+        parts.append(torch.stack(_gaussian_filter_valid(torch.cat([y, y * y]), taps, stride).split(len(y)), dim=1))
+    return torch.cat(parts)
 
 
 def _shift_index(length: int, limit: int, device) -> torch.Tensor:
