@@ -279,6 +279,27 @@ def test_ncc_reg_finds_a_rotated_shifted_copy(shape, angle_axis):
     assert reg.scores[2] < reg.scores[0] - 0.3  # a new image stays low
 
 
+def test_rotated_topk_equals_brute_force_max_over_rotations():
+    import torch
+
+    from attacks.replicas.voxel import downsample, rotated_topk
+    from audit.metrics.similarity import rotate_images, rotation_grid
+    from audit.search import normalise_rows
+
+    rng = np.random.default_rng(21)
+    queries = rng.random((7, 40, 40)).astype(np.float32)
+    refs_small = downsample(rng.random((50, 40, 40)).astype(np.float32), 16)
+    rotations = rotation_grid(2, 10.0, 5.0)
+    scores, index = rotated_topk(queries, refs_small, 16, rotations, k=6, batch_size=3)
+    # brute force: the full NCC matrix of every rotation, maximum over rotations, top 6
+    r = normalise_rows(torch.from_numpy(refs_small), "ncc")
+    full = np.max([(normalise_rows(torch.from_numpy(downsample(rotate_images(torch.from_numpy(queries), m).numpy(),
+                                                                16)), "ncc") @ r.T).numpy() for m in rotations], 0)
+    expected = np.argsort(-full, axis=1, kind="stable")[:, :6]
+    np.testing.assert_array_equal(index, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, expected, 1), atol=1e-5)
+
+
 def test_robust_shortlist_signature_and_merge():
     from attacks.replicas.voxel import fourier_signature, merge_shortlists
 
