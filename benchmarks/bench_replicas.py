@@ -344,6 +344,32 @@ def load_scores(path: Path) -> dict:
     return record
 
 
+def merge_scores(saved: dict, fresh: dict) -> dict:
+    """`saved` with the scorers of `fresh` replaced (or added): both must come from the same split and replicas
+    (sizes, transformations, sources and seed are compared). The merged meta lists, per re-scored scorer, when it
+    was re-scored, so a table built from mixed runs says so."""
+    for key in ("domain", "n_train", "n_holdout", "n_novel", "replicas_per_transform", "transforms", "sources"):
+        if not np.array_equal(np.asarray(saved[key]), np.asarray(fresh[key])):
+            raise SystemExit(f"--update-scores: the saved scores differ from this run in '{key}' "
+                             f"(another seed, pool or transformation list?)")
+    saved_meta, fresh_meta = json.loads(str(saved["meta"])), json.loads(str(fresh["meta"]))
+    if saved_meta.get("seed") != fresh_meta.get("seed"):
+        raise SystemExit(f"--update-scores: saved seed {saved_meta.get('seed')}, this run {fresh_meta.get('seed')}")
+    merged = dict(saved)
+    names = [str(n) for n in saved["scorers"]]
+    seconds = dict(zip(names, map(float, saved["seconds"])))
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    for i, name in enumerate(str(n) for n in fresh["scorers"]):
+        if name not in names:
+            names.append(name)
+        merged[f"score_{name}"], merged[f"nearest_{name}"] = fresh[f"score_{name}"], fresh[f"nearest_{name}"]
+        seconds[name] = float(fresh["seconds"][i])
+        saved_meta.setdefault("rescored", {})[name] = when
+    merged["scorers"], merged["seconds"] = np.array(names), np.array([seconds[n] for n in names])
+    merged["meta"] = np.array(json.dumps(saved_meta))
+    return merged
+
+
 def domain_tables(record: dict, quantile: float) -> dict:
     """The table half: from a scores record (fresh or loaded), the combiners of attacks/replicas/combined.py
     fitted on the holdout, then per scorer and combiner the calibrated threshold and per transformation AUC,
@@ -402,7 +428,7 @@ def domain_tables(record: dict, quantile: float) -> dict:
                                         "sources": meta["composition"]},
             "seconds": dict(zip(scorer_names, map(float, record["seconds"]))), "calibration": calibration,
             "rows": rows, "combiners": {n: c.describe() for n, c in combiners.items()},
-            "better_than_combined": better}
+            "better_than_combined": better, "rescored": meta.get("rescored", {})}
 
 
 def better_than_combined(scores: dict, scorer_names: list[str], n_h: int, n_n: int, transforms: list[str],
@@ -472,6 +498,9 @@ def markdown(results: dict) -> str:
         lines.append(f"Nearest training image = the replica's source (mean over transformations): {near}.")
         secs = ", ".join(f"{n} {v:.0f} s" for n, v in dom["seconds"].items())
         lines.append(f"Scoring time (fit + all queries): {secs}.")
+        if dom.get("rescored"):
+            lines.append("Re-scored later with --update-scores (the other scorers' scores are from the first run): "
+                         + ", ".join(f"{n} {when}" for n, when in dom["rescored"].items()) + ".")
         better = dom.get("better_than_combined", [])
         listed = "; ".join(f"{b['transform']} {b['scorer']} {'AUC' if b['metric'] == 'auc' else 'TPR@1%FPR'} "
                            f"+{b['difference']:.3f} [{b['ci_low']:+.3f}, {b['ci_high']:+.3f}]"
@@ -502,6 +531,10 @@ def main() -> None:
     parser.add_argument("--from-scores", metavar="DIR",
                         help="no scoring: recompute the accuracy tables from DIR/scores_{2D,3D}.npz (written by "
                              "--save-scores; scorers, transformations and sizes come from the files)")
+    parser.add_argument("--update-scores", metavar="DIR",
+                        help="score only --scorers and replace their columns in DIR/scores_{2D,3D}.npz (same "
+                             "--seed; the split and replicas are checked to match), keeping the other scorers' "
+                             "scores; the tables are then built from the merged scores")
     parser.add_argument("--out", help="results JSON (and .md beside it); default "
                                       "benchmarks/results/bench_replicas_accuracy.json, with --from-scores "
                                       "DIR/bench_replicas_from_scores.json")
@@ -543,7 +576,10 @@ def main() -> None:
             print(f"[{domain}] pool after de-duplication: {len(pool)} (-{dropped})", flush=True)
             record = score_domain(domain, pool, dropped, {t: transforms[t] for t in wanted}, scorer_names,
                                   n_rep, args.seed, options)
-            if args.save_scores:
+            if args.update_scores:
+                record = merge_scores(load_scores(Path(args.update_scores) / f"scores_{domain}.npz"), record)
+                print(f"[{domain}] scores updated in {save_scores(record, Path(args.update_scores))}", flush=True)
+            elif args.save_scores:
                 print(f"[{domain}] scores written to {save_scores(record, Path(args.out).parent)}", flush=True)
         tables = domain_tables(record, args.quantile)
         results["accuracy"].append(tables)
