@@ -313,6 +313,8 @@ def score_domain(domain: str, pool: list[tuple[np.ndarray, str]], deduplicated_a
     record = {"domain": np.array(domain), "scorers": np.array(scorer_names), "n_train": len(train),
               "n_holdout": n_h, "n_novel": n_n, "replicas_per_transform": len(replica_sets[0]),
               "transforms": np.array(list(transforms)), "sources": np.concatenate(sources),
+              # where each holdout and novel image comes from (mammo, mni, brain, a radiograph's file name)
+              "query_sources": np.array([source_of(groups[i]) for i in np.r_[hold_idx, novel_idx]]),
               "meta": np.array(json.dumps({"pool": len(images), "deduplicated_away": deduplicated_away,
                                            "composition": composition, "seed": seed}))}
     seconds = []
@@ -356,6 +358,10 @@ def merge_scores(saved: dict, fresh: dict) -> dict:
     if saved_meta.get("seed") != fresh_meta.get("seed"):
         raise SystemExit(f"--update-scores: saved seed {saved_meta.get('seed')}, this run {fresh_meta.get('seed')}")
     merged = dict(saved)
+    if "query_sources" in fresh:  # scores saved before the per-image sources were recorded gain them
+        if "query_sources" in saved and not np.array_equal(saved["query_sources"], fresh["query_sources"]):
+            raise SystemExit("--update-scores: the saved scores differ from this run in 'query_sources'")
+        merged["query_sources"] = fresh["query_sources"]
     names = [str(n) for n in saved["scorers"]]
     seconds = dict(zip(names, map(float, saved["seconds"])))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -410,6 +416,11 @@ def domain_tables(record: dict, quantile: float) -> dict:
         neg = s[n_h:n_h + n_n]
         fpr_cal = rate_estimate(int((neg > cal.threshold).sum()), n_n)
         calibration[name] = {"threshold": cal.threshold, "novel_fpr": fpr_cal.to_dict()}
+        if "query_sources" in record:  # which kinds of novel image the threshold lets through
+            novel_sources = np.asarray(record["query_sources"])[n_h:n_h + n_n]
+            calibration[name]["novel_flagged_by_source"] = {
+                str(src): [int((neg[novel_sources == src] > cal.threshold).sum()), int((novel_sources == src).sum())]
+                for src in np.unique(novel_sources)}
         offset = n_h + n_n
         for tname, src in zip(transforms, sources):
             pos = s[offset:offset + len(src)]
@@ -498,6 +509,10 @@ def markdown(results: dict) -> str:
         lines.append(f"Nearest training image = the replica's source (mean over transformations): {near}.")
         secs = ", ".join(f"{n} {v:.0f} s" for n, v in dom["seconds"].items())
         lines.append(f"Scoring time (fit + all queries): {secs}.")
+        by_source = dom["calibration"].get("combined", {}).get("novel_flagged_by_source")
+        if by_source:
+            lines.append("Novel images above `combined`'s calibrated threshold, by source (flagged / images): "
+                         + ", ".join(f"{src} {f} / {n}" for src, (f, n) in by_source.items()) + ".")
         if dom.get("rescored"):
             lines.append("Re-scored later with --update-scores (the other scorers' scores are from the first run): "
                          + ", ".join(f"{n} {when}" for n, when in dom["rescored"].items()) + ".")
