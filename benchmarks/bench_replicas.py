@@ -303,8 +303,8 @@ def score_domain(domain: str, pool: list[tuple[np.ndarray, str]], deduplicated_a
     replicas = np.concatenate(replica_sets)
     queries = np.concatenate([holdout, novel, replicas])
     n_h, n_n = len(holdout), len(novel)
-    composition = {split: {str(src): int(n) for src, n in zip(*np.unique([source_of(groups[i]) for i in idx],
-                                                                           return_counts=True))}
+    image_sources = np.array([source_of(g) for g in groups])
+    composition = {split: {str(src): int(n) for src, n in zip(*np.unique(image_sources[idx], return_counts=True))}
                    for split, idx in (("train", train_idx), ("holdout", hold_idx), ("novel", novel_idx))}
     print(f"[{domain}] pool {len(images)} → train {len(train)}, holdout {n_h}, novel {n_n}, "
           f"replicas {len(replicas)} ({len(transforms)} × {len(replica_sets[0])}); sources {composition}",
@@ -314,7 +314,7 @@ def score_domain(domain: str, pool: list[tuple[np.ndarray, str]], deduplicated_a
               "n_holdout": n_h, "n_novel": n_n, "replicas_per_transform": len(replica_sets[0]),
               "transforms": np.array(list(transforms)), "sources": np.concatenate(sources),
               # where each holdout and novel image comes from (mammo, mni, brain, a radiograph's file name)
-              "query_sources": np.array([source_of(groups[i]) for i in np.r_[hold_idx, novel_idx]]),
+              "query_sources": image_sources[np.r_[hold_idx, novel_idx]],
               "meta": np.array(json.dumps({"pool": len(images), "deduplicated_away": deduplicated_away,
                                            "composition": composition, "seed": seed}))}
     seconds = []

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
 from attacks.replicas.base import ReplicaScores, query_array
 from audit.errors import AuditInputError
@@ -176,16 +176,16 @@ class VoxelScorer:
         """(downsampled NCC (Q, k), training indices (Q, k)) — stage 1. With `rotations` (robust shortlist only)
         its NCC half ranks by the best NCC over the query's rotations (`rotated_topk`)."""
         side = self._side(queries.ndim - 1)
-        small = downsample(queries, side)
         if self.shortlist_metric != "robust":
-            return topk_similarity(small, self.train_small, k=self.k, metric=self.shortlist_metric,
-                                   device=self.device)
+            return topk_similarity(downsample(queries, side), self.train_small, k=self.k,
+                                   metric=self.shortlist_metric, device=self.device)
         n = len(self.train)
         k = min(self.k, n)
-        if rotations:
+        if rotations:  # its identity rotation is the plain NCC shortlist
             _, by_ncc = rotated_topk(queries, self.train_small, side, rotations, k, self.device)
         else:
-            _, by_ncc = topk_similarity(small, self.train_small, k=k, metric="ncc", device=self.device)
+            _, by_ncc = topk_similarity(downsample(queries, side), self.train_small, k=k, metric="ncc",
+                                        device=self.device)
         _, by_fourier = topk_similarity(fourier_signature(queries, side), self.train_fourier,
                                         k=min(k * len(FOURIER_SCALES), len(self.train_fourier)), metric="ncc",
                                         device=self.device)
