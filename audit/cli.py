@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "generators.cli",
     "attacks.replicas.deepssim_cli",
     "attacks.replicas.cli",
+    "attacks.cli",
+    "audit.commands.score",
 )
 
 
