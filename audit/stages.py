@@ -52,9 +52,13 @@ class StageOutput:
     details: dict[str, Any] = field(default_factory=dict)  # JSON-safe: tables, per-part parameters, notes
     artefacts: dict[str, Artefact] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # a part of the stage that did not run → why
+    # ids (record.id) of the synthetic images this stage judges unfit for release (replicas: flagged copies;
+    # reid: images linked to a training patient); `audit run --release` removes every one of them
+    flagged_ids: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"figures": {k: v.to_dict() for k, v in self.figures.items()},
+                "flagged_ids": list(self.flagged_ids),
                 "details": json_safe(self.details),
                 "artefacts": {k: {"path": a.path, "kind": a.kind, "caption": a.caption}
                               for k, a in self.artefacts.items()},
