@@ -1,0 +1,278 @@
+"""The re-identification attacker: a Siamese embedding network trained to recognise *patients*.
+
+It is trained on the real training split with `patient_id` as the class label (pytorch-metric-learning loss +
+miner, `MPerClassSampler` so every batch holds several images of each of its patients), so that two images of one
+patient — other views, other scans, or a synthetic image that shows that patient — embed close together, whatever
+the pose. Every figure of the re-identification stage is computed on its embeddings (`ReidAttacker.embed`).
+
+    attacker = cached_attacker(train_dataset, AttackerParams(), runtime, ArtifactCache())
+    embeddings = attacker.embed(images)      # (N, *S) float32 [0, 1] → (N, 128), rows L2-normalised
+
+Training is deterministic for one `runtime.seed` (weights, sampler, augmentations all seeded, global random
+state untouched); the result is cached per (data fingerprint, parameters, seed), checkpointed as safetensors +
+JSON (`audit.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from attacks.reid.augment import make_augmenter
+from attacks.reid.losses import LOSSES, MINERS, build_objective
+from attacks.reid.networks import EmbeddingNet, build_embedding_net
+from audit.artifacts import ArtifactCache, dataset_fingerprint
+from audit.checkpoints import file_sha256, load_checkpoint, load_state_strict, save_checkpoint
+from audit.errors import AuditInputError
+from audit.features import TorchEncoder, recalibrate_batchnorm, resize_to, zscore_per_image
+from audit.registry import Params, Runtime
+
+ATTACKER_KIND = "reid-attacker"
+CACHE_KIND = "reid-attacker"
+# bump when training changes in a way the parameters do not show, so cached attackers are rebuilt
+TRAINING_VERSION = 1
+
+
+class AttackerParams(Params):
+    """What the attacker is and how it is trained. Defaults train in a few minutes on 2 CPU cores on the phantoms."""
+
+    backbone: str = "resnet18"  # timm model name (2D), created with pretrained=False, in_chans=1
+    backbone_3d: Literal["resnet10", "resnet18", "resnet34"] = "resnet10"  # MONAI 3D ResNet (3D)
+    width_3d: float = Field(0.25, gt=0, le=1)  # the 3D ResNet's channel multiplier (0.25: 16..128 channels)
+    weights: str | None = None  # local safetensors file of the backbone; None: trained from scratch
+    embedding_dim: int = Field(128, ge=2)
+    input_shape: tuple[int, ...] | None = None  # resample images to this shape first (None: as given)
+    loss: str = "multi_similarity"
+    loss_options: dict[str, Any] = Field(default_factory=dict)
+    miner: str = "multi_similarity"
+    miner_options: dict[str, Any] = Field(default_factory=dict)
+    memory_size: int = Field(0, ge=0)  # cross-batch memory size (0: none)
+    epochs: int = Field(40, ge=1)  # passes over as many samples as the training set holds
+    m_per_class: int = Field(4, ge=2)  # images per patient in a batch
+    patients_per_batch: int = Field(16, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    augmentation: Literal["default", "none"] = "default"
+
+    @model_validator(mode="after")
+    def _check_components(self) -> "AttackerParams":
+        # loss / miner names and options are validated now, before any image is read
+        LOSSES.params(self.loss, self.loss_options)
+        MINERS.params(self.miner, self.miner_options)
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise AuditInputError(self.weights, "re-id attacker weights not found: give a local safetensors file "
+                                                "of the backbone (nothing is downloaded)")
+        return self
+
+
+class ReidAttacker:
+    """A trained embedding network. `embed` runs it in eval mode on z-scored images, in batches (results do not
+    depend on the batch size)."""
+
+    def __init__(self, net: EmbeddingNet, params: AttackerParams, ndim: int, data_shape: tuple[int, ...],
+                 runtime: Runtime, info: dict[str, Any] | None = None):
+        self.net = net.eval()
+        self.params = params
+        self.ndim = ndim
+        self.data_shape = tuple(data_shape)
+        self.info = dict(info or {})
+        self.encoder = TorchEncoder(net, name="reid", ndim=ndim, input_shape=params.input_shape,
+                                    batch_size=runtime.batch_size, device=runtime.device,
+                                    info={"dim": params.embedding_dim})
+
+    @property
+    def dim(self) -> int:
+        return self.params.embedding_dim
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """(N, *S) float32 [0, 1] → (N, d) float32, rows L2-normalised."""
+        return self.encoder.embed(images).astype(np.float32, copy=False)
+
+    def embed_dataset(self, dataset, progress: str | None = None) -> np.ndarray:
+        """Embeddings of an `ImageDataset`, streamed (memory bounded by the batch size)."""
+        chunks = [self.embed(images) for images, _ in
+                  dataset.iter_images(batch_size=self.encoder.batch_size, progress=progress)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": ATTACKER_KIND, "ndim": self.ndim, "data_shape": list(self.data_shape),
+                "backbone": self.params.backbone if self.ndim == 2 else f"monai:{self.params.backbone_3d}",
+                "params": self.params.model_dump(mode="json"), "training": self.info}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training
+
+
+def patient_labels(records) -> tuple[np.ndarray, list[str]]:
+    """Integer class per record (patients in order of first appearance) and the patient names."""
+    index: dict[str, int] = {}
+    labels = np.array([index.setdefault(r.patient_id, len(index)) for r in records], dtype=np.int64)
+    return labels, list(index)
+
+
+@contextlib.contextmanager
+def pml_numpy_random(seed: int):
+    """PML's samplers draw from the module-level `common_functions.NUMPY_RANDOM` (numpy's global RNG by default);
+    give them a seeded one for the duration, then put theirs back."""
+    from pytorch_metric_learning.utils import common_functions as c_f
+
+    saved = c_f.NUMPY_RANDOM
+    c_f.NUMPY_RANDOM = np.random.RandomState(seed)
+    try:
+        yield
+    finally:
+        c_f.NUMPY_RANDOM = saved
+
+
+def batch_plan(labels: np.ndarray, params: AttackerParams) -> tuple[int, int]:
+    """(m per patient, batch size) fitted to the data: at most as many patients per batch as there are."""
+    n_patients = len(np.unique(labels))
+    m = params.m_per_class
+    return m, m * min(params.patients_per_batch, n_patients)
+
+
+def check_training_labels(labels: np.ndarray) -> None:
+    counts = np.bincount(labels)
+    if len(counts) < 2 or int((counts >= 2).sum()) < 2:
+        raise AuditInputError(None, "the re-id attacker needs at least 2 training patients with 2 or more images "
+                                    f"each (got {len(counts)} patients, {int((counts >= 2).sum())} with ≥ 2 images)")
+
+
+def _prepare(batch: np.ndarray, input_shape, device) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1).to(device)
+    return zscore_per_image(resize_to(x, input_shape))
+
+
+def train_on_arrays(images: np.ndarray, labels: np.ndarray, params: AttackerParams, runtime: Runtime,
+                    ) -> ReidAttacker:
+    """Train on (N, *S) float32 [0, 1] images with integer patient labels."""
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    images = np.asarray(images, dtype=np.float32)
+    ndim = images.ndim - 1
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(images) != len(labels):
+        raise ValueError("one label per image")
+    check_training_labels(labels)
+    m, batch_size = batch_plan(labels, params)
+    device = torch.device(runtime.device)
+    augment = make_augmenter(params.augmentation, ndim, runtime.seed)
+    label_tensor = torch.from_numpy(labels)
+    started = time.perf_counter()
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[]), pml_numpy_random(runtime.seed):
+        torch.manual_seed(runtime.seed)
+        net = build_embedding_net(ndim, params.backbone, params.backbone_3d, params.width_3d, params.embedding_dim,
+                                  params.weights).to(device)
+        loss_fn, miner = build_objective(params.loss, params.loss_options, params.miner, params.miner_options,
+                                         params.memory_size, params.embedding_dim)
+        loss_fn = loss_fn.to(device)
+        optimiser = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+        # one "epoch" draws as many samples as the training set holds, in whole batches
+        per_epoch = max(batch_size, len(labels) - len(labels) % batch_size)
+        sampler = MPerClassSampler(labels, m, batch_size=batch_size, length_before_new_iter=per_epoch)
+        steps_per_epoch = len(sampler) // batch_size
+        total_steps = params.epochs * steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total_steps)
+        bar = None
+        if runtime.progress:
+            from audit.progress import progress_bar
+            bar = progress_bar(total=total_steps, desc="re-id attacker")
+        net.train()
+        for _ in range(params.epochs):
+            order = np.fromiter(iter(sampler), dtype=np.int64)
+            for start in range(0, steps_per_epoch * batch_size, batch_size):
+                idx = order[start:start + batch_size]
+                x = _prepare(augment(images[idx]), params.input_shape, device)
+                y = label_tensor[idx].to(device)
+                embeddings = net(x)
+                pairs = miner(embeddings, y) if miner is not None else None
+                loss = loss_fn(embeddings, y, pairs)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if bar is not None:
+            bar.close()
+        # a short CPU run leaves momentum-averaged BatchNorm statistics behind the final weights: re-estimate them
+        recalibrate_batchnorm(net, (_prepare(images[s:s + batch_size], params.input_shape, device)
+                                    for s in range(0, len(images), batch_size)))
+    net = net.cpu().eval()
+    info = {"n_images": int(len(images)), "n_patients": int(len(np.unique(labels))), "steps": len(losses),
+            "batch_size": batch_size, "m_per_class": m, "seed": runtime.seed,
+            "loss_first_epoch": float(np.mean(losses[:steps_per_epoch])) if losses else None,
+            "loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])) if losses else None,
+            "train_seconds": round(time.perf_counter() - started, 2), "training_version": TRAINING_VERSION}
+    return ReidAttacker(net, params, ndim, tuple(images.shape[1:]), runtime, info)
+
+
+def train_attacker(train, params: AttackerParams, runtime: Runtime) -> ReidAttacker:
+    """Train on an `ImageDataset` (the real training split) with `patient_id` as the label."""
+    labels, _ = patient_labels(train.records)
+    check_training_labels(labels)  # before decoding anything
+    images = train.stack(progress="reading training images" if runtime.progress else None)
+    return train_on_arrays(images, labels, params, runtime)
+
+
+def untrained_attacker(ndim: int, data_shape: tuple[int, ...], params: AttackerParams,
+                       runtime: Runtime) -> ReidAttacker:
+    """The same network with its initial weights (seeded): the baseline a trained attacker must beat."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(runtime.seed)
+        net = build_embedding_net(ndim, params.backbone, params.backbone_3d, params.width_3d, params.embedding_dim,
+                                  params.weights)
+    return ReidAttacker(net, params, ndim, data_shape, runtime, {"untrained": True})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints and the cache
+
+
+def save_attacker(attacker: ReidAttacker, folder: str | Path) -> Path:
+    config = {"params": attacker.params.model_dump(mode="json"), "ndim": attacker.ndim,
+              "data_shape": list(attacker.data_shape)}
+    return save_checkpoint(folder, ATTACKER_KIND, config, attacker.net.state_dict(), extra=attacker.info)
+
+
+def load_attacker(folder: str | Path, runtime: Runtime | None = None) -> ReidAttacker:
+    """A saved attacker; the backbone is rebuilt from the checkpoint's config and all weights come from it."""
+    runtime = runtime or Runtime()
+    config, state = load_checkpoint(folder, ATTACKER_KIND)
+    try:
+        # the backbone's original weights file is not needed (and may be gone): every tensor is in the checkpoint
+        params = AttackerParams.model_validate({**config["params"], "weights": None})
+        ndim, data_shape = int(config["ndim"]), tuple(config["data_shape"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise AuditInputError(folder, f"re-id attacker checkpoint config is incomplete ({err})") from None
+    params = params.model_copy(update={"weights": config["params"].get("weights")})
+    net = build_embedding_net(ndim, params.backbone, params.backbone_3d, params.width_3d, params.embedding_dim, None)
+    load_state_strict(net, state, folder)
+    meta = json.loads((Path(folder) / "config.json").read_text())
+    info = {**meta.get("extra", {}), "checkpoint": str(folder)}
+    return ReidAttacker(net, params, ndim, data_shape, runtime, info)
+
+
+def attacker_cache_key(train, params: AttackerParams, runtime: Runtime) -> dict[str, Any]:
+    return {"data": dataset_fingerprint(train), "params": params.model_dump(mode="json"), "seed": runtime.seed,
+            "weights_sha256": file_sha256(params.weights) if params.weights else None,
+            "training_version": TRAINING_VERSION}
+
+
+def cached_attacker(train, params: AttackerParams, runtime: Runtime, cache: ArtifactCache) -> ReidAttacker:
+    """The attacker for this training set, parameters and seed: loaded from `cache` or trained once and stored."""
+    folder = cache.get_or_build(CACHE_KIND, attacker_cache_key(train, params, runtime),
+                                lambda scratch: save_attacker(train_attacker(train, params, runtime), scratch))
+    return load_attacker(folder, runtime)
+

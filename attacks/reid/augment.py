@@ -1,0 +1,67 @@
+"""Training augmentations of the re-identification attacker: albumentations in 2D, MONAI in 3D.
+
+Identity must survive what differs between two images of one patient (pose, positioning, exposure, noise), so
+the network is shown those variations: small shifts, rotations and scalings, gamma/contrast, noise, a little blur.
+No flips: the data layer already brings every breast to one orientation, and a left and a right breast are two
+different images of one patient that the network should learn to link, not a flip of each other.
+
+Augmenters are seeded (albumentations' `Compose(seed=...)`, MONAI's `set_random_state`) and never touch global
+random state, so a training run is a function of its seed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+Augmenter = Callable[[np.ndarray], np.ndarray]  # (B, *S) float32 [0, 1] → same shape, float32 [0, 1]
+AUGMENTATIONS = ("default", "none")
+
+
+def identity(batch: np.ndarray) -> np.ndarray:
+    return np.asarray(batch, dtype=np.float32)
+
+
+def augment_2d(seed: int) -> Augmenter:
+    import albumentations as A
+
+    compose = A.Compose([
+        A.Affine(translate_percent=(-0.06, 0.06), rotate=(-8, 8), scale=(0.92, 1.08), border_mode=0, fill=0, p=0.8),
+        A.RandomGamma(gamma_limit=(75, 135), p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.15, p=0.5),
+        A.GaussianBlur(blur_limit=(3, 3), p=0.2),
+        A.GaussNoise(std_range=(0.005, 0.03), p=0.3),
+    ], seed=seed)
+
+    def augment(batch: np.ndarray) -> np.ndarray:
+        return np.stack([np.clip(compose(image=np.asarray(img, np.float32))["image"], 0, 1)
+                         for img in batch]).astype(np.float32)
+
+    return augment
+
+
+def augment_3d(seed: int) -> Augmenter:
+    from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandGaussianNoise
+
+    compose = Compose([
+        RandAffine(prob=0.8, rotate_range=(0.14, 0.14, 0.14), translate_range=(2, 2, 2), scale_range=(0.08,) * 3,
+                   padding_mode="zeros"),
+        RandAdjustContrast(prob=0.5, gamma=(0.75, 1.35)),
+        RandGaussianNoise(prob=0.3, std=0.02),
+    ])
+    compose.set_random_state(seed=seed)
+
+    def augment(batch: np.ndarray) -> np.ndarray:
+        out = [np.asarray(compose(np.asarray(vol, np.float32)[None]))[0] for vol in batch]
+        return np.clip(np.stack(out), 0, 1).astype(np.float32)
+
+    return augment
+
+
+def make_augmenter(name: str, ndim: int, seed: int) -> Augmenter:
+    if name == "none":
+        return identity
+    if name == "default":
+        return augment_2d(seed) if ndim == 2 else augment_3d(seed)
+    raise ValueError(f"unknown augmentation '{name}' (known: {', '.join(AUGMENTATIONS)})")
