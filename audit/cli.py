@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "attacks.replicas.cli",
     "attacks.cli",
     "audit.commands.score",
+    "audit.commands.run",
 )
 
 

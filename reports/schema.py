@@ -1,0 +1,50 @@
+"""The report's JSON Schema (shipped in the package) and the fields that legitimately differ between two runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+
+# what changes between two runs of the same command with the same seed: when things happened and how long they took
+VOLATILE_TOP = ("created_at",)
+VOLATILE_PROVENANCE = ("started_at", "finished_at")
+VOLATILE_STAGE = ("started_at", "seconds")
+
+
+@lru_cache(maxsize=1)
+def report_schema() -> dict[str, Any]:
+    return json.loads((resources.files("reports") / "schema" / "report.schema.json").read_text())
+
+
+def validation_errors(report: dict[str, Any]) -> list[str]:
+    """Every way `report` breaks the schema, as 'path: message' lines (empty when valid)."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(report_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return [f"{'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
+            for e in sorted(validator.iter_errors(report), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+def check_report(report: dict[str, Any]) -> None:
+    """Raise ValueError when the report breaks its schema (the suite never writes such a report)."""
+    errors = validation_errors(report)
+    if errors:
+        raise ValueError(f"report.json breaks its schema ({len(errors)} problem(s)); first: {errors[0]}")
+
+
+def strip_volatile(report: dict[str, Any]) -> dict[str, Any]:
+    """A copy without the timestamps and durations, for comparing two runs."""
+    out = copy.deepcopy(report)
+    for key in VOLATILE_TOP:
+        out.pop(key, None)
+    for key in VOLATILE_PROVENANCE:
+        out.get("provenance", {}).pop(key, None)
+    for stage in out.get("stages", {}).values():
+        for key in VOLATILE_STAGE:
+            stage.pop(key, None)
+    return out
