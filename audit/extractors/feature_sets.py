@@ -1,0 +1,81 @@
+"""Feature sets of image datasets, streamed in batches and cached when they depend only on real data.
+
+`extract_feature_set` walks `ImageDataset.iter_images` (memory bounded by the batch, never every image at once)
+and keeps the feature rows (small: n × d) plus their streaming mean and covariance. `cached_feature_set` stores
+both under the artefact cache, keyed by what they depend on — the dataset's fingerprint (record ids, labels,
+file identities, preprocessing), the split, and the extractor's identity (name, parameters, weights hash, feature
+code version) — so a second audit on the same real set reads them instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audit.errors import AuditInputError
+from audit.metrics.fidelity import StreamingMoments
+
+FEATURES_ARTEFACT = "fidelity-features"
+
+
+@dataclass
+class FeatureSet:
+    features: np.ndarray  # (n, d) float32, rows in the dataset's record order
+    ids: list[str]
+    mean: np.ndarray  # (d,) float64
+    cov: np.ndarray  # (d, d) float64, unbiased (n − 1); NaN when n < 2
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def extract_feature_set(extractor, dataset, batch_size: int = 32, progress: str | None = None) -> FeatureSet:
+    """Features of every image of `dataset`, streamed in batches of `batch_size`."""
+    extractor.check_ndim(dataset.ndim)
+    moments = StreamingMoments()
+    rows: list[np.ndarray] = []
+    ids: list[str] = []
+    for images, records in dataset.iter_images(batch_size=batch_size, progress=progress):
+        features = np.asarray(extractor.extract(images), np.float32)
+        bad = ~np.isfinite(features).all(axis=1)
+        if bad.any():
+            raise AuditInputError(records[int(np.flatnonzero(bad)[0])].path,
+                                  f"extractor '{extractor.display_name}' gives non-finite features for this image")
+        moments.update(features)
+        rows.append(features)
+        ids += [r.id for r in records]
+    if not rows:
+        raise AuditInputError(None, f"dataset '{dataset.name}' has no images")
+    cov = moments.cov if moments.n >= 2 else np.full((len(moments.mean),) * 2, np.nan)
+    return FeatureSet(np.concatenate(rows), ids, moments.mean, cov)
+
+
+def feature_set_key(extractor, dataset, split: str) -> dict:
+    from audit.artifacts import dataset_fingerprint
+
+    return {"data": dataset_fingerprint(dataset), "split": split, "extractor": extractor.identity(),
+            "preprocess": dataset.preprocess.model_dump(mode="json")}
+
+
+def save_feature_set(feature_set: FeatureSet, folder: Path) -> None:
+    np.save(folder / "features.npy", feature_set.features)
+    np.save(folder / "mean.npy", feature_set.mean)
+    np.save(folder / "cov.npy", feature_set.cov)
+    (folder / "ids.json").write_text(json.dumps(feature_set.ids))
+
+
+def load_feature_set(folder: Path) -> FeatureSet:
+    return FeatureSet(np.load(folder / "features.npy", allow_pickle=False), json.loads((folder / "ids.json").read_text()),
+                      np.load(folder / "mean.npy", allow_pickle=False), np.load(folder / "cov.npy", allow_pickle=False))
+
+
+def cached_feature_set(extractor, dataset, split: str, cache, batch_size: int = 32,
+                       progress: str | None = None) -> FeatureSet:
+    """The feature set of a real dataset, from the artefact cache when it was computed before."""
+    def build(folder: Path) -> None:
+        save_feature_set(extract_feature_set(extractor, dataset, batch_size, progress), folder)
+
+    return load_feature_set(cache.get_or_build(FEATURES_ARTEFACT, feature_set_key(extractor, dataset, split), build))
