@@ -44,7 +44,8 @@ class PageCheck:
     requests: list[str] = field(default_factory=list)  # anything fetched besides the page and data: URIs
     verdict_visible: bool = False
     verdict_text: str = ""
-    body_text: str = ""
+    body_text: str = ""  # what a reader sees (innerText: closed <details> excluded)
+    text_content: str = ""  # every text node of the page (textContent), e.g. file names in collapsed lists
 
     @property
     def broken_images(self) -> list[dict]:
@@ -82,6 +83,7 @@ def check_page(html: Path, screenshot: Path | None = None, verdict_selector: str
                 result.verdict_visible = verdict.first.is_visible()
                 result.verdict_text = verdict.first.inner_text().strip()
             result.body_text = page.inner_text("body")
+            result.text_content = page.evaluate("document.body.textContent")
             if screenshot is not None:
                 Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(screenshot), full_page=False)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot check: {why}")
         return 2
     check = check_page(args.html, args.screenshot, width=args.width, height=args.height)
-    summary = {k: v for k, v in asdict(check).items() if k != "body_text"}
+    summary = {k: v for k, v in asdict(check).items() if k not in ("body_text", "text_content")}
     print(json.dumps(summary, indent=2))
     ok = not (check.broken_images or check.console_errors or check.page_errors or check.dialogs or check.requests)
     return 0 if ok and check.verdict_visible else 1

@@ -182,10 +182,12 @@ def environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     env = Environment(loader=PackageLoader("reports", "templates"), undefined=StrictUndefined,
-                      autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=True),
+                      autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["fmt"] = fmt
     env.filters["md"] = markdown_text
+    # inside a code span everything is literal but a backtick (ends it) and, in a table, a pipe (ends the cell)
+    env.filters["mdcode"] = lambda v: str(v).replace("`", "'").replace("|", "\\|").replace("\n", " ")
     env.filters["seconds"] = lambda s: "—" if s is None else f"{s:.1f} s"
     return env
 
