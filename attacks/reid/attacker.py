@@ -29,7 +29,8 @@ from attacks.reid.augment import make_augmenter
 from attacks.reid.losses import LOSSES, MINERS, build_objective
 from attacks.reid.networks import EmbeddingNet, build_embedding_net
 from audit.artifacts import ArtifactCache, dataset_fingerprint
-from audit.checkpoints import file_sha256, load_checkpoint, load_state_strict, save_checkpoint
+from audit.checkpoints import (file_sha256, load_checkpoint, load_state_strict, read_checkpoint_meta,
+                               save_checkpoint)
 from audit.errors import AuditInputError
 from audit.features import TorchEncoder, recalibrate_batchnorm, resize_to, zscore_per_image
 from audit.registry import Params, Runtime
@@ -244,6 +245,11 @@ def save_attacker(attacker: ReidAttacker, folder: str | Path) -> Path:
     config = {"params": attacker.params.model_dump(mode="json"), "ndim": attacker.ndim,
               "data_shape": list(attacker.data_shape)}
     return save_checkpoint(folder, ATTACKER_KIND, config, attacker.net.state_dict(), extra=attacker.info)
+
+
+def read_attacker_meta(folder: str | Path) -> dict[str, Any]:
+    """The checkpoint's validated config.json (no tensors): fails early on a wrong or broken folder."""
+    return read_checkpoint_meta(folder, ATTACKER_KIND)
 
 
 def load_attacker(folder: str | Path, runtime: Runtime | None = None) -> ReidAttacker:

@@ -27,7 +27,8 @@ def augment_2d(seed: int) -> Augmenter:
     import albumentations as A
 
     compose = A.Compose([
-        A.Affine(translate_percent=(-0.06, 0.06), rotate=(-8, 8), scale=(0.92, 1.08), border_mode=0, fill=0, p=0.8),
+        A.Affine(translate_percent=(-0.08, 0.08), rotate=(-15, 15), scale={"x": (0.85, 1.15), "y": (0.8, 1.3)},
+                 border_mode=0, fill=0, p=0.9),
         A.RandomGamma(gamma_limit=(75, 135), p=0.5),
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.15, p=0.5),
         A.GaussianBlur(blur_limit=(3, 3), p=0.2),
