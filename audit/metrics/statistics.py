@@ -79,6 +79,60 @@ def bootstrap_ci(statistic: Callable[..., float], *arrays: np.ndarray, n_boot: i
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
+def cluster_resamples(clusters: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                      strata: np.ndarray | None = None) -> list[np.ndarray]:
+    """Row indices of `n_boot` cluster-bootstrap resamples: clusters (e.g. patients) are drawn with replacement and
+    every row of a drawn cluster enters the resample, as often as the cluster was drawn.
+
+    `strata` is per row; a cluster's stratum is the largest value among its rows (binary labels: whether the
+    patient has any positive image), and each stratum keeps its number of clusters in every resample. The same
+    (clusters, seed, strata) give the same resamples, so statistics computed on them are paired."""
+    clusters = np.asarray(clusters)
+    if len(clusters) == 0:
+        return []
+    _, inverse = np.unique(clusters, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    if strata is None:
+        groups = [np.arange(len(members))]
+    else:
+        strata = np.asarray(strata)
+        cluster_stratum = np.array([strata[rows].max() for rows in members])
+        groups = [np.flatnonzero(cluster_stratum == s) for s in np.unique(cluster_stratum)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        chosen = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        out.append(np.concatenate([members[c] for c in chosen]))
+    return out
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The central `confidence` interval of bootstrap values; undefined (nan) resamples are dropped."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def cluster_bootstrap_ci(statistic: Callable[..., float], *arrays: np.ndarray, clusters: np.ndarray,
+                         n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+                         strata: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(*arrays)` resampling whole clusters (`cluster_resamples`).
+
+    Why: images of one patient are not independent (same anatomy, same labels), so resampling images pretends
+    to more evidence than there is; the interval must come from resampling patients. With one row per cluster
+    this is `bootstrap_ci` exactly (same draws)."""
+    arrays = tuple(np.asarray(a) for a in arrays)
+    resamples = cluster_resamples(clusters, n_boot, seed, strata)
+    if not resamples:
+        return float("nan"), float("nan")
+    values = np.array([statistic(*(a[idx] for a in arrays)) for idx in resamples], dtype=np.float64)
+    return percentile_interval(values, confidence)
+
+
 # --------------------------------------------------------------------------------------------- ROC helpers
 
 
