@@ -78,6 +78,25 @@ def test_control_run_stays_at_one_half_when_the_attack_separates_perfectly():
     assert halves.sum() == 25 and not np.array_equal(halves, control_halves(50, 1))
 
 
+def test_several_images_of_one_patient_are_resampled_together():
+    """Four views per patient with equal scores: resampling images would pretend to 4× the data. The interval
+    from resampling patients is wider, and the control keeps each patient on one side."""
+    rng = np.random.default_rng(4)
+    patient_scores = rng.normal(0, 1, 30) + np.r_[np.full(15, 0.8), np.zeros(15)]
+    scores = np.repeat(patient_scores, 4)
+    labels = np.repeat(np.r_[np.ones(15, bool), np.zeros(15, bool)], 4)
+    patients = np.repeat([f"p{i}" for i in range(30)], 4)
+    by_image = evaluate_attack(labels, scores, n_boot=300)
+    by_patient = evaluate_attack(labels, scores, n_boot=300, groups=patients)
+    assert by_patient.figures["auc"].value == by_image.figures["auc"].value
+    width = lambda e: e.figures["auc"].ci_high - e.figures["auc"].ci_low
+    assert width(by_patient) > 1.5 * width(by_image)  # ≈ 2 (√4) in theory
+    halves = control_halves(60, 0, patients[~labels])
+    for p in np.unique(patients[~labels]):
+        assert len(set(halves[patients[~labels] == p])) == 1
+    assert "patients resampled" in by_patient.figures["auc"].method
+
+
 # --- members and non-members --------------------------------------------------------------------------------------
 
 def record(rid: str, view: str, density: str, birads: int, patient: str | None = None) -> Record:

@@ -232,7 +232,8 @@ def run_membership(generator, members, nonmembers, attack_names: Sequence[str], 
             nearest[a.name], scores[a.name] = near, near.candidate_best.astype(np.float64)
             described[a.name]["n_synthetic"] = near.n_synthetic
     labels = np.arange(2 * matching.n_pairs) < matching.n_pairs
-    evaluations = {a.name: evaluate_attack(labels, scores[a.name], n_boot=n_boot, seed=runtime.seed)
+    patients = [r.patient_id for r in (*matching.members, *matching.nonmembers)]
+    evaluations = {a.name: evaluate_attack(labels, scores[a.name], n_boot=n_boot, seed=runtime.seed, groups=patients)
                    for a in runnable}
     name_of = name_of or (lambda record: record.id)
     names = [name_of(r) for r in matching.members] + [name_of(r) for r in matching.nonmembers]
