@@ -43,10 +43,35 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
 
 
 def looks_like_pickle(path: str | Path) -> bool:
-    """True for files torch.save / pickle would write (checked on content, not only on the suffix)."""
+    """True for files torch.save / pickle would write (checked on content, not only on the suffix): protocol 2+
+    pickles (0x80), torch.save's zip archives, and protocol 0/1 pickles, which have no magic number and are
+    recognised by parsing their first opcodes (pickletools only reads opcodes; nothing is executed)."""
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    return head.startswith(_PICKLE_MAGIC) or head.startswith(_ZIP_MAGIC)
+        head = fh.read(_TEXT_PICKLE_PROBE)
+    if head.startswith(_PICKLE_MAGIC) or head.startswith(_ZIP_MAGIC):
+        return True
+    return not looks_like_safetensors(path) and _parses_as_text_pickle(head)
+
+
+_TEXT_PICKLE_PROBE = 1 << 16
+
+
+def _parses_as_text_pickle(head: bytes) -> bool:
+    """Protocol 0/1 opcodes from the first byte on: a STOP reached, or at least 4 opcodes before the probe ends."""
+    import io
+    import pickletools
+
+    if not head or head[:1] not in b"(cSIVLFGN]})TUXJKMPQ":  # opcodes a protocol 0/1 pickle starts with
+        return False
+    parsed = 0
+    try:
+        for opcode, _, _ in pickletools.genops(io.BytesIO(head)):
+            parsed += 1
+            if opcode.name == "STOP":
+                return True
+    except (ValueError, UnicodeDecodeError, TypeError):  # an invalid opcode, or the probe ended mid-argument
+        pass
+    return parsed >= 4
 
 
 def looks_like_safetensors(path: str | Path) -> bool:

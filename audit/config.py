@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -43,6 +44,11 @@ class PreprocessConfig(StrictModel):
     def _shape_is_2d_or_3d(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if len(v) not in (2, 3) or any(s < 4 for s in v):
             raise ValueError("must be (H, W) or (D, H, W) with every side >= 4")
+        from audit.data.limits import max_elements  # lazy: audit.data imports this module
+
+        if math.prod(v) > max_elements(len(v)):
+            raise ValueError(f"{' x '.join(map(str, v))} is above the size limit of {max_elements(len(v)):,} "
+                             "elements (see audit/data/limits.py)")
         return v
 
     @field_validator("intensity_percentiles")
@@ -100,16 +106,69 @@ def validate(model: type[M], data: Any, source: str | Path) -> M:
         raise AuditInputError(source, _format_validation_error(err)) from None
 
 
+# Configs are data. YAML is parsed with the safe loader only (no tag constructs an object: `!!python/...` is an
+# error), and two sizes are bounded before anything is built: the file, and the document once its aliases are
+# expanded — a "billion laughs" file of a few hundred bytes whose anchors expand to 10^9 nodes would otherwise
+# hang validation (or json.dumps of the config) for ever.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
+    """Nodes of the document with every alias expanded (memoised per node, so computing it is linear)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = limit + 1  # a node reached again while it is being sized is a recursive alias: too big
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo, limit) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, limit) + _expanded_size(v, memo, limit) for k, v in node.value)
+    else:
+        size = 1
+    memo[key] = min(size, limit + 1)
+    return memo[key]
+
+
+def parse_yaml_text(text: str, source: str | Path) -> Any:
+    """YAML text → plain data (dicts, lists, str, numbers, bools, None) or an AuditInputError naming `source`."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
+        raise AuditInputError(source, f"config is larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # the reader checks characters already here
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+            raise AuditInputError(source, f"YAML expands to more than {MAX_CONFIG_NODES:,} values once its aliases "
+                                          "(*anchors) are expanded; refused (an alias bomb?)")
+        return loader.construct_document(node)
+    except yaml.constructor.ConstructorError as err:
+        problem = " ".join(str(err.problem or "").split())
+        raise AuditInputError(source, f"refused YAML: {problem} (configs are data: tags that build Python objects "
+                                      "are not allowed)") from None
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AuditInputError(source, f"not valid YAML ({first})") from None
+    except (RecursionError, ValueError, TypeError, OverflowError) as err:  # deep nesting, odd scalars
+        raise AuditInputError(source, f"not a usable YAML config ({type(err).__name__})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise AuditInputError(path, f"config is larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise AuditInputError(path, f"cannot read config ({err.strerror or err})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise AuditInputError(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise AuditInputError(path, "cannot read config (not UTF-8 text)") from None
+    return parse_yaml_text(text, path)
 
 
 def preset_names(kind: str) -> list[str]:

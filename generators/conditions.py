@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from audit.data import labels
 from audit.data.records import Box
 from audit.data.csvio import read_csv_rows
 from audit.errors import AuditInputError
@@ -106,8 +108,9 @@ def _format_box(b: Box) -> str:
     return f"{b.xmin:g},{b.ymin:g},{b.xmax:g},{b.ymax:g},{b.category}"
 
 
-def _parse_boxes(text: str, where: Path) -> tuple[Box, ...]:
+def _parse_boxes(text: str, where: Path, line: int | None = None) -> tuple[Box, ...]:
     boxes = []
+    at = f"line {line}: " if line is not None else ""
     for part in (p.strip() for p in (text or "").split(";")):
         if not part:
             continue
@@ -116,8 +119,11 @@ def _parse_boxes(text: str, where: Path) -> tuple[Box, ...]:
             coords = [float(x) for x in items[:4]]
         except ValueError:
             coords = []
-        if len(coords) != 4:
-            raise AuditInputError(where, f"bad box '{part}' (expected xmin,ymin,xmax,ymax[,category])")
+        # NaN/inf or inverted corners would reach the box mask as garbage (or crash int(floor(nan)))
+        if len(coords) != 4 or not all(math.isfinite(c) for c in coords) or coords[0] > coords[2] \
+                or coords[1] > coords[3]:
+            raise AuditInputError(where, f"{at}bad box {part[:80]!r} (expected xmin,ymin,xmax,ymax[,category]: "
+                                         "finite numbers with min <= max)")
         boxes.append(Box(*coords, category=items[4].strip() if len(items) > 4 and items[4].strip() else "Mass"))
     return tuple(boxes)
 
@@ -130,27 +136,29 @@ def condition_to_row(c: Condition) -> dict[str, str]:
     return row
 
 
-def condition_from_row(row: dict[str, str], where: Path) -> Condition:
+def condition_from_row(row: dict[str, str], where: Path, line: int | None = None) -> Condition:
+    """A conditions/manifest row → Condition. Labels are parsed strictly (audit.data.labels): a bad value is an
+    error naming `where` and the line, never a silently different condition."""
     def text(key: str) -> str | None:
         value = (row.get(key) or "").strip()
         return value or None
 
-    birads = text("birads")
-    try:
-        birads_int = None if birads is None else int(float(birads.replace("BI-RADS", "").strip()))
-    except ValueError:
-        raise AuditInputError(where, f"column 'birads' has a non-number '{birads}'") from None
     known = set(CONDITION_COLUMNS) | NON_LABEL_COLUMNS
     extra = tuple(sorted((k, v.strip()) for k, v in row.items()
-                         if k and k not in known and v is not None and v.strip() != ""))
-    return Condition(birads=birads_int, density=text("density"), view=text("view"), laterality=text("laterality"),
-                     findings=tuple(f.strip() for f in (row.get("findings") or "").split(";") if f.strip()),
-                     boxes=_parse_boxes(row.get("boxes") or "", where), extra=extra, source_id=text("source_id"))
+                         if k and k not in known and isinstance(v, str) and v.strip() != ""))
+    return Condition(birads=labels.parse_birads(row.get("birads"), where, "birads", line),
+                     density=labels.parse_density(row.get("density"), where, "density", line),
+                     view=text("view"), laterality=labels.parse_laterality(row.get("laterality"), where,
+                                                                           "laterality", line),
+                     findings=labels.split_findings(row.get("findings")),
+                     boxes=_parse_boxes(row.get("boxes") or "", where, line), extra=extra,
+                     source_id=text("source_id"))
 
 
 def read_conditions_csv(path: str | Path) -> list[Condition]:
     path = Path(path)
-    return [condition_from_row(r, path) for r in read_csv_rows(path, "conditions CSV")]
+    rows = read_csv_rows(path, "conditions CSV")
+    return [condition_from_row(r, path, rows.line(i)) for i, r in enumerate(rows)]
 
 
 def write_rows_csv(path: str | Path, rows: Sequence[dict[str, str]], first_columns: Sequence[str]) -> None:

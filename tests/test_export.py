@@ -46,8 +46,9 @@ def test_export_refuses_foreign_folder_and_reports_failures(tmp_path, capsys):
     broken = root / "images" / rows[1]["study_id"] / f"{rows[1]['image_id']}.dicom"
     broken.write_bytes(broken.read_bytes()[:-2000])
     out = tmp_path / "out"
-    assert main(args + ["--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "INCOMPLETE: 1 images failed" in text and str(broken) in text
+    capsys.readouterr()
+    assert main(args + ["--out", str(out)]) == 2  # a partial export is an error, its failures listed
+    text = capsys.readouterr().err
+    assert "INCOMPLETE: 1 of 4 images failed" in text and str(broken) in text and len(text.splitlines()) == 1
     run = json.loads((out / "export.json").read_text())["result"]
     assert run["complete"] is False and run["written"] == 3 and run["failed"][0]["path"] == str(broken)

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -30,7 +31,7 @@ def test_nibabel_las_volume_is_reoriented_to_ras(tmp_path):
     src = os.path.join(data_path, "anatomical.nii")
     img = nib.load(src)
     assert nib.aff2axcodes(img.affine) == ("L", "A", "S")
-    os.symlink(src, tmp_path / "anat.nii")
+    shutil.copy(src, tmp_path / "anat.nii")  # a copy: symlinks out of the dataset folder are refused
     write_manifest(tmp_path, [{"id": "a", "patient_id": "p", "split": "train", "path": "anat.nii", "group": "x"}])
     ds = open_volumes(tmp_path, img.shape)
     volume = ds[0].image
@@ -63,7 +64,7 @@ def test_mni152_loads_as_a_3d_record_and_orientation_is_canonical(tmp_path):
 
 
 def test_4d_file_and_2d_config_give_clean_errors(tmp_path):
-    os.symlink(os.path.join(data_path, "example4d.nii.gz"), tmp_path / "four.nii.gz")
+    shutil.copy(os.path.join(data_path, "example4d.nii.gz"), tmp_path / "four.nii.gz")
     write_manifest(tmp_path, [{"id": "f", "patient_id": "p", "split": "train", "path": "four.nii.gz"}])
     ds = open_volumes(tmp_path, (16, 16, 16))
     with pytest.raises(AuditInputError, match="four.nii.gz: expected a 3D volume"):

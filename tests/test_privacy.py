@@ -1,46 +1,195 @@
-"""The suite's own privacy: identifying DICOM values planted in the headers never reach any output."""
+"""The suite's own privacy: identifying values planted in DICOM headers (standard, free-text, private and nested
+attributes, instance UIDs) and NIfTI headers (text fields and extensions) never reach an output.
 
-import subprocess
-import sys
+Every command of `PHI_COMMANDS` runs on the planted corpus (tests/phi_corpus.py); then every byte under its
+output folder, the shared preprocessing cache and everything the command printed or logged is searched for every
+planted value in every encoding `tests.phi_corpus.needles` lists, including inside gzip, zip (.npz) and PNG
+streams. DICOM files the suite writes must carry fresh UIDs and technical attributes only.
+
+Phase 2 adds `audit run`, `audit attack reid|mia` and `audit score fidelity|utility` by appending `CliCase`s to
+`PHI_COMMANDS` (the workspace holds exported folders, a trained model and generated images to point them at).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.dicom_factory import write_vindr_tree
+import pytest
+import torch
+import yaml
 
-PLANTED = {
-    "PatientName": "Sentinel^Henrietta",
-    "PatientID": "PID-7781-QX",
-    "PatientBirthDate": "19431127",
-    "StudyDate": "20190314",
-    "InstitutionName": "Hospital Zebedee",
-    "ReferringPhysicianName": "Dr^Quimby",
-    "AccessionNumber": "ACC99731",
-}
+from tests.cli_harness import CliCase, CliResult, run_cli, tiny_ldm2d_preset
+from tests.phi_corpus import (corpus_input_uids, planted_values, search_text, search_tree,
+                              write_planted_dicom_folder, write_planted_nifti_dataset, write_planted_vindr,
+                              written_dicom_problems)
 
 
-def every_output_file(*folders: Path):
-    for folder in folders:
-        for path in folder.rglob("*"):
-            if path.is_file():
-                yield path
+@dataclass
+class PhiWorkspace:
+    root: Path
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs"
+
+    @property
+    def vindr(self) -> Path:
+        return self.inputs / "vindr"
+
+    @property
+    def nifti(self) -> Path:
+        return self.inputs / "nifti"
+
+    @property
+    def dicom_train(self) -> Path:
+        return self.inputs / "dicom-train"
+
+    @property
+    def dicom_test(self) -> Path:
+        return self.inputs / "dicom-test"
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def config(self, name: str) -> str:
+        return str(self.configs / f"{name}.yaml")
+
+    def out(self, name: str) -> str:
+        return str(self.root / "out" / name)
 
 
-def test_planted_identity_never_reaches_cache_reports_or_logs(tmp_path):
-    root = tmp_path / "vindr"
-    write_vindr_tree(root, n_studies=2, identity=PLANTED)
-    cache, out = tmp_path / "cache", tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "audit.cli", "data", "inspect", "--data", "vindr", "--data-root", str(root),
-         "--out", str(out), "--cache-dir", str(cache)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    written = list(every_output_file(cache, out))
-    assert any(p.suffix == ".npz" for p in written) and any(p.name == "inspect.json" for p in written)
-    assert any(p.parent.name == "dicom-headers" for p in written)  # header memo exists and is searched too
-    logs = (result.stdout + result.stderr).encode()
-    for value in PLANTED.values():
-        for needle in {value.encode(), value.replace("^", " ").encode(), value.split("^")[-1].encode()}:
-            assert needle not in logs
-            for path in written:
-                assert needle not in path.read_bytes(), f"{value!r} leaked into {path}"
-    # the planted values really are in the inputs, so the search above could have found them
-    some_dicom = next(root.rglob("*.dicom")).read_bytes()
-    assert PLANTED["PatientID"].encode() in some_dicom
+def _data(ws, config: str, root: Path) -> list[str]:
+    return ["--data", ws.config(config), "--data-root", str(root), "--cache-dir", str(ws.cache)]
+
+
+# Every command that reads patient data or writes outputs today, in dependency order.
+PHI_COMMANDS: list[CliCase] = [
+    CliCase("data-inspect-vindr", lambda ws: ["data", "inspect", *_data(ws, "vindr", ws.vindr),
+                                              "--out", ws.out("inspect-vindr")]),
+    CliCase("data-inspect-nifti", lambda ws: ["data", "inspect", *_data(ws, "nifti", ws.nifti),
+                                              "--out", ws.out("inspect-nifti")]),
+    CliCase("data-inspect-dicom-folder", lambda ws: ["data", "inspect", *_data(ws, "folder", ws.dicom_train),
+                                                     "--out", ws.out("inspect-folder")]),
+    CliCase("data-export-vindr", lambda ws: ["data", "export", *_data(ws, "vindr", ws.vindr), "--split", "train",
+                                             "--out", ws.out("export-vindr")]),
+    CliCase("data-export-nifti", lambda ws: ["data", "export", *_data(ws, "nifti", ws.nifti),
+                                             "--split", "train,test", "--out", ws.out("export-nifti")]),
+    CliCase("generator-train-vindr", lambda ws: ["generator", "train", *_data(ws, "vindr", ws.vindr),
+                                                 "--config", ws.config("generator"), "--out", ws.out("model-ldm"),
+                                                 "--threads", "1"]),
+    CliCase("generate-ldm", lambda ws: ["generate", "--model", ws.out("model-ldm"), "--n", "4",
+                                        "--out", ws.out("generated-ldm"), "--threads", "1"]),
+    CliCase("generate-dicom-folder-model", lambda ws: ["generate", "--model", str(ws.dicom_train), "--n", "4",
+                                                       "--out", ws.out("generated-folder")]),
+    CliCase("replicas-dicom-folders", lambda ws: ["replicas", "--train", str(ws.dicom_train), "--holdout",
+                                                  str(ws.dicom_test), "--synthetic", ws.out("generated-folder"),
+                                                  "--out", ws.out("replicas"), "--scorers", "ncc,ssim"]),
+    CliCase("deepssim-train-dicom-folder", lambda ws: ["deepssim", "train", "--train-folder", str(ws.dicom_train),
+                                                       "--shape", "16x16", "--epochs", "1", "--batch-size", "4",
+                                                       "--out", ws.out("deepssim-folder")]),
+    CliCase("deepssim-train-vindr", lambda ws: ["deepssim", "train", *_data(ws, "vindr", ws.vindr),
+                                                "--epochs", "1", "--batch-size", "4",
+                                                "--out", ws.out("deepssim-vindr")]),
+    CliCase("data-phantom", lambda ws: ["data", "phantom", "--kind", "mammo", "--patients", "2",
+                                        "--out", ws.out("phantom")]),
+]
+
+
+def build_workspace(root: Path) -> PhiWorkspace:
+    ws = PhiWorkspace(root)
+    write_planted_vindr(ws.vindr, n_studies=3)
+    write_planted_nifti_dataset(ws.nifti)
+    write_planted_dicom_folder(ws.dicom_train, 6, seed=0)
+    write_planted_dicom_folder(ws.dicom_test, 4, seed=1)
+    ws.configs.mkdir(parents=True)
+    presets = {
+        "vindr": {"name": "phi-vindr", "reader": "vindr", "modality": "MG", "preprocess": {"shape": [32, 24]}},
+        "nifti": {"name": "phi-nifti", "reader": "nifti", "modality": "MR", "preprocess": {"shape": [12, 12, 12]}},
+        "folder": {"name": "phi-folder", "reader": "folder", "preprocess": {"shape": [20, 16]}},
+        "generator": tiny_ldm2d_preset(steps=2),
+    }
+    for name, preset in presets.items():
+        (ws.configs / f"{name}.yaml").write_text(yaml.safe_dump(preset))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def phi_runs(tmp_path_factory) -> tuple[PhiWorkspace, dict[str, CliResult]]:
+    ws = build_workspace(tmp_path_factory.mktemp("phi"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = {case.name: run_cli(case.argv(ws), env={"SYNTH_AUDIT_CACHE": str(ws.cache),
+                                                          "SYNTH_AUDIT_PROGRESS": "off"})
+                   for case in PHI_COMMANDS}
+    finally:
+        torch.set_num_threads(threads)
+    return ws, results
+
+
+def test_the_corpus_carries_every_planted_value_where_the_search_finds_it(phi_runs):
+    """The search is able to fail: run on the inputs, it finds every planted value (NIfTI ones only inside the
+    gzip stream, private and nested DICOM ones among binary elements)."""
+    ws, _ = phi_runs
+    values = planted_values()
+    found = {leak.value_name for leak in search_tree([ws.inputs], values).leaks}
+    assert found == set(values)
+    nifti_only = {k: v for k, v in values.items() if k.startswith("nifti:")}
+    raw_hits = {leak.value_name for leak in search_tree([ws.nifti], nifti_only).leaks if "[raw]" in leak.where}
+    assert not raw_hits  # the volumes are .nii.gz: only the decompressed view shows the header
+
+
+@pytest.mark.parametrize("case", PHI_COMMANDS, ids=[c.name for c in PHI_COMMANDS])
+def test_command_leaks_no_planted_value(phi_runs, case):
+    ws, results = phi_runs
+    result = results[case.name]
+    assert result.code == case.expect_code, result.stderr[-2000:]
+    values = planted_values()
+    out = Path(case.argv(ws)[case.argv(ws).index("--out") + 1])
+    found = search_tree([out], values)
+    assert found.files_searched > 0, f"{case.name} wrote nothing under {out}"
+    found.merge(search_text(result.stdout, f"{case.name} stdout", values))
+    found.merge(search_text(result.stderr, f"{case.name} stderr", values))
+    found.merge(search_text(result.log, f"{case.name} log/warnings", values))
+    assert not found.leaks, found.describe()
+
+
+def test_cache_leaks_no_planted_value(phi_runs):
+    ws, _ = phi_runs
+    found = search_tree([ws.cache], planted_values())
+    assert found.files_searched > 0 and any(p.suffix == ".npz" for p in ws.cache.rglob("*"))
+    assert any(p.parent.name == "dicom-headers" for p in ws.cache.rglob("*.json"))  # the header memo is searched
+    assert not found.leaks, found.describe()
+
+
+def test_dicom_written_by_the_suite_has_fresh_uids_and_technical_tags_only(phi_runs):
+    ws, _ = phi_runs
+    input_uids = corpus_input_uids([ws.inputs])
+    count, problems = written_dicom_problems([ws.root / "out"], input_uids)
+    assert count >= 8  # the phantom's files: the check ran on real output
+    assert not problems, problems[:10]
+    # the check is able to fail: an input file copied as output breaks every rule
+    _, input_problems = written_dicom_problems([ws.dicom_train], input_uids)
+    assert any("private tag" in p for p in input_problems) and any("copies an input UID" in p for p in input_problems)
+    assert any("PatientName" in p for p in input_problems)
+
+
+def test_privacy_counts(phi_runs):
+    """The figures the README cites: planted values, outputs searched (files, bytes incl. decompressed views)."""
+    ws, results = phi_runs
+    values = planted_values()
+    found = search_tree([ws.root / "out", ws.cache], values)
+    for result in results.values():
+        found.merge(search_text(result.text, "captured", values))
+    inputs = sum(1 for p in ws.inputs.rglob("*") if p.is_file() and p.suffix in (".dicom", ".dcm", ".gz"))
+    print(f"\nprivacy: {len(values)} planted values ({sum(k.startswith('dicom:') for k in values)} DICOM, "
+          f"{sum(k.startswith('nifti:') for k in values)} NIfTI) in {inputs} input files; {len(PHI_COMMANDS)} "
+          f"commands; searched {found.files_searched} output files, {found.views_searched} views, "
+          f"{found.bytes_searched:,} bytes; leaks: {len(found.leaks)}")
+    assert not found.leaks and found.bytes_searched > 100_000

@@ -59,9 +59,10 @@ def write_contact_sheet(samples: Sequence[Sample], out: str | Path, title: str =
             for xmin, ymin, xmax, ymax in sample.boxes:
                 ax.add_patch(Rectangle((xmin - 0.5, ymin - 0.5), xmax - xmin, ymax - ymin, fill=False,
                                        edgecolor="red", linewidth=1.2))
-        ax.set_title(_caption(sample), fontsize=6.5)
+        # parse_math=False: a '$' in a file name or label is text, never matplotlib mathtext (which can fail to parse)
+        ax.set_title(_caption(sample), fontsize=6.5, parse_math=False)
     if title:
-        fig.suptitle(title + ("  (sagittal | coronal | axial)" if wide else ""), fontsize=10)
+        fig.suptitle(title + ("  (sagittal | coronal | axial)" if wide else ""), fontsize=10, parse_math=False)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -9,6 +9,7 @@ import numpy as np
 
 from audit.config import DataConfig, PreprocessConfig
 from audit.data.cache import PreprocessCache, default_cache_dir
+from audit.data.limits import check_declared_size
 from audit.data.records import Record, SkippedFile
 from audit.errors import AuditInputError
 
@@ -124,5 +125,7 @@ def dataset_from_scan(cfg: DataConfig, records: list[Record], skipped: list[Skip
     if not records:
         detail = f" ({len(skipped)} files skipped, first: {skipped[0].reason})" if skipped else ""
         raise AuditInputError(cfg.root, f"no usable images found{detail}")
+    # a shape set past the config's validation (e.g. a generator preset's) must not allocate a bomb either
+    check_declared_size(cfg.root, cfg.preprocess.shape, "configured image shape")
     cache = PreprocessCache(cfg.cache_dir or default_cache_dir(), cfg.preprocess_key()) if use_cache else None
     return ImageDataset(cfg.name, records, decode, cfg.preprocess, skipped, cache)

@@ -15,6 +15,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from audit.data.limits import check_declared_size
 from audit.errors import AuditInputError
 
 SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
@@ -118,6 +119,16 @@ def to_display(stored: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, np.
     return unit.astype(np.float32), pad
 
 
+def declared_shape(ds: pydicom.Dataset, path: str | Path) -> tuple[int, int, int, int]:
+    """(frames, rows, columns, samples) as the header declares them — checked before pixel_array allocates."""
+    try:
+        return (int(ds.get("NumberOfFrames") or 1), int(ds.get("Rows") or 0), int(ds.get("Columns") or 0),
+                int(ds.get("SamplesPerPixel") or 1))
+    except (TypeError, ValueError):
+        raise AuditInputError(path, "DICOM header has unreadable image dimensions "
+                                    "(Rows/Columns/NumberOfFrames/SamplesPerPixel)") from None
+
+
 def read_dicom_display(path: str | Path) -> DicomImage:
     """Read one DICOM file into display intensities. Any problem → AuditInputError naming the file."""
     ds = _dcmread(path)
@@ -127,6 +138,7 @@ def read_dicom_display(path: str | Path) -> DicomImage:
                                     f"(supported: {', '.join(SUPPORTED_PHOTOMETRIC)})")
     if "PixelData" not in ds:
         raise AuditInputError(path, "DICOM has no pixel data")
+    check_declared_size(path, declared_shape(ds, path))
     try:
         stored = ds.pixel_array
     except Exception as err:  # truncated data, missing decoder: the file is the problem the user must fix
@@ -134,5 +146,8 @@ def read_dicom_display(path: str | Path) -> DicomImage:
                                     f"({type(err).__name__}: {str(err).splitlines()[0].split(' - ')[0][:160]})") from None
     if stored.ndim != 2:
         raise AuditInputError(path, f"expected a single 2D frame, got pixel array of shape {stored.shape}")
+    if stored.size and stored.min() == stored.max():
+        raise AuditInputError(path, f"every pixel has the same stored value ({stored.flat[0]}): a blank image "
+                                    "carries no anatomy")
     pixels, pad = to_display(stored, ds)
     return DicomImage(pixels=pixels, padding=pad, tags=technical_tags(ds))

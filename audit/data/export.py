@@ -18,6 +18,7 @@ from audit.data.dataset import ImageDataset
 from audit.data.imageio import image_file_name, write_image_file
 from audit.data.records import Record, SkippedFile
 from audit.errors import AuditInputError
+from audit.jsonio import write_json_atomic
 from audit.progress import progress_bar
 
 MANIFEST = "manifest.csv"
@@ -55,20 +56,39 @@ def manifest_row(record: Record, file_name: str) -> dict[str, str]:
     return row
 
 
+def _read_run_file(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise AuditInputError(path, "unreadable export record (not JSON); remove the folder to export again") from None
+    return data if isinstance(data, dict) else None
+
+
 def export_dataset(dataset: ImageDataset, out: str | Path, splits: list[str], resume_key: dict) -> ExportResult:
     out = Path(out)
     run_file = out / RUN_FILE
+    if out.exists() and not out.is_dir():
+        raise AuditInputError(out, "--out exists and is not a folder")
     if out.exists() and any(out.iterdir()):
-        previous = json.loads(run_file.read_text()) if run_file.is_file() else None
+        previous = _read_run_file(run_file)
         if previous is None or previous.get("key") != resume_key:
             raise AuditInputError(out, "output folder is not empty and is not an export of the same data and "
                                        "config (refusing to overwrite)")
     out.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"key": resume_key}, indent=2))
+    for stale in out.glob(".*.tmp*"):  # a crash mid-write leaves its temp file (never under a final name)
+        stale.unlink()
+    write_json_atomic(run_file, {"key": resume_key})
     subset = dataset.subset(split=splits)
     if len(subset) == 0:
         raise AuditInputError(None, f"dataset '{dataset.name}' has no images in split(s) {', '.join(splits)}")
     result = ExportResult(out=str(out), dataset=dataset.name, splits=splits, shape=list(dataset.shape))
+    # files the reader listed for these splits but could not use (missing, unreadable header) are failures of
+    # this export too; files excluded by rule (FOR PROCESSING) are not
+    result.failed.extend(asdict(s) for s in dataset.skipped
+                         if s.kind == "failed" and (s.split is None or s.split in splits))
+    total = len(subset) + len(result.failed)
     rows, used = [], set()
     for record in progress_bar(subset.records, desc=f"export {'+'.join(splits)}"):
         stem = safe_stem(record.id)
@@ -94,6 +114,10 @@ def export_dataset(dataset: ImageDataset, out: str | Path, splits: list[str], re
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, out / MANIFEST)
-    run_file.write_text(json.dumps({"key": resume_key, "result": {**asdict(result), "complete": result.complete}},
-                                   indent=2))
+    write_json_atomic(run_file, {"key": resume_key, "result": {**asdict(result), "complete": result.complete}})
+    if result.failed:
+        first = result.failed[0]
+        raise AuditInputError(out, f"export INCOMPLETE: {len(result.failed)} of {total} images failed "
+                                   f"(first: {first['path']}: {first['reason']}); the others are written and every "
+                                   f"failure is listed in {RUN_FILE} — fix or remove those inputs and rerun to finish")
     return result

@@ -6,11 +6,13 @@ the file, so callers can skip-and-report or stop with one line.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from skimage.transform import resize
 
+from audit.data.limits import check_declared_size
 from audit.errors import AuditInputError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz", ".npy")
@@ -30,12 +32,23 @@ def _read_png_tiff(path: Path) -> np.ndarray:
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        return np.asarray(tifffile.imread(path))
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise AuditInputError(path, "TIFF holds no image")
+            check_declared_size(path, tif.series[0].shape)
+            return np.asarray(tif.series[0].asarray())
     from PIL import Image
 
-    with Image.open(path) as im:
+    try:
+        with warnings.catch_warnings():  # Pillow warns above 89 M pixels; the size check below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)  # reads the header only; Pillow's own hard bomb check (> 179 M) runs here
+    except Image.DecompressionBombError as err:
+        raise AuditInputError(path, f"refused by Pillow's decompression-bomb check ({err})") from None
+    with im:
+        check_declared_size(path, (im.height, im.width, len(im.getbands())))
         im.load()
-        if im.mode in ("RGB", "RGBA", "P", "LA"):
+        if im.mode in ("RGB", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
             im = im.convert("L")
         return np.asarray(im)
 
@@ -43,8 +56,9 @@ def _read_png_tiff(path: Path) -> np.ndarray:
 def _read_nifti(path: Path) -> np.ndarray:
     import nibabel as nib
 
-    img = nib.as_closest_canonical(nib.load(str(path)))
-    return np.asarray(img.dataobj, dtype=np.float32)
+    img = nib.load(str(path))  # header only; the voxels are read below
+    check_declared_size(path, img.shape, "volume")
+    return np.asarray(nib.as_closest_canonical(img).dataobj, dtype=np.float32)
 
 
 def _read_dicom(path: Path) -> np.ndarray:
@@ -54,6 +68,21 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    """NPY without unpickling: the header is read first (object arrays, i.e. pickles, are refused; the declared
+    shape is checked against the size limit), then the array with allow_pickle=False."""
+    from numpy.lib import format as npy
+
+    with open(path, "rb") as fh:
+        try:
+            version = npy.read_magic(fh)
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+        except ValueError as err:
+            raise AuditInputError(path, f"not an NPY array file ({str(err).splitlines()[0][:120]}); "
+                                        "pickled data is never loaded") from None
+    if dtype.hasobject:
+        raise AuditInputError(path, "NPY holds Python objects (a pickle); refused, never unpickled")
+    check_declared_size(path, shape)
     return np.load(path, allow_pickle=False)  # never unpickle a user file
 
 
@@ -78,15 +107,30 @@ def read_image(path: str | Path) -> np.ndarray:
     except AuditInputError:
         raise
     except Exception as err:  # decoders raise anything; the user needs the file and the reason
-        raise AuditInputError(path, f"cannot read image ({type(err).__name__}: {err})") from None
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        raise AuditInputError(path, f"cannot read image ({type(err).__name__}: {first})") from None
     arr = np.squeeze(np.asarray(arr))
+    check_finite(arr, path)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and suffix_of(path) in (".tif", ".tiff", ".npy"):
         arr = arr[..., :3].mean(axis=-1)  # colour TIFF/NPY → gray
     if arr.ndim not in (2, 3):
         raise AuditInputError(path, f"expected a 2D image or 3D volume, got an array of shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_:
         arr = arr.astype(np.float32)
+    if arr.dtype == np.uint16 and arr.size and 0 < int(arr.max()) <= 255:
+        # integer images scale by their type's range: 8-bit values in a 16-bit file would read as 0.4 % grey
+        raise AuditInputError(path, f"16-bit image whose values stay within 8 bits (max {int(arr.max())} of 65535): "
+                                    "it would read as nearly black; save it as 8-bit or rescale it to 16 bits")
     return arr
+
+
+def check_finite(arr: np.ndarray, path: str | Path) -> None:
+    """NaN or infinite pixels are an error: every later step (scaling, similarity, statistics) would turn them into
+    silently wrong numbers. Replace them in the data deliberately (e.g. numpy.nan_to_num) if they mean 'empty'."""
+    if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.complexfloating):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise AuditInputError(path, f"{bad} of {arr.size} pixel values are NaN or infinite")
 
 
 def to_unit_range(arr: np.ndarray) -> np.ndarray:
@@ -97,7 +141,7 @@ def to_unit_range(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint16:
         return arr.astype(np.float32) / 65535.0
     arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
+    if not np.isfinite(arr).all():  # readers refuse non-finite files; arrays from code get the old safety net
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(arr.min()), float(arr.max())
     if lo >= 0.0 and hi <= 1.0:

@@ -67,3 +67,4 @@ class SkippedFile:
     path: str
     reason: str
     kind: str = "failed"  # "failed" (broken input) or "excluded" (by rule, e.g. FOR PROCESSING)
+    split: str | None = None  # the split the file was listed in, when known (an export of it is then incomplete)

@@ -10,10 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from audit.config import DataConfig, PreprocessConfig
-from audit.data.csvio import read_csv_rows
+from audit.data.csvio import check_unique, read_csv_rows
 from audit.data.imageio import IMAGE_SUFFIXES, fit_to_shape, is_image_file, read_image, to_unit_range
+from audit.data.labels import parse_birads, parse_density, parse_laterality, split_findings
+from audit.data.paths import check_inside, inside_root
 from audit.data.records import Labels, Record, SkippedFile
 from audit.errors import AuditInputError
 
@@ -26,40 +29,38 @@ def list_image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
 
 
-def _optional_int(value: str | None, where: Path, column: str) -> int | None:
-    if value is None or value.strip() == "":
-        return None
-    try:
-        return int(float(value))
-    except ValueError:
-        raise AuditInputError(where, f"column '{column}' has a non-number '{value}'") from None
-
-
-def _record_from_row(folder: Path, row: dict[str, str], manifest: Path, modality: str) -> Record:
+def _record_from_row(folder: Path, row: dict[str, str], manifest: Path, modality: str, line: int | None) -> Record:
     rel = row["file"].strip()
-    extra = tuple(sorted((k, v) for k, v in row.items() if k not in KNOWN_COLUMNS and k is not None))
-    findings = tuple(f.strip() for f in (row.get("findings") or "").split(";") if f.strip())
-    labels = Labels(birads=_optional_int(row.get("birads"), manifest, "birads"),
-                    density=(row.get("density") or None), findings=findings, extra=extra)
-    rid = (row.get("id") or rel).strip()
-    return Record(id=rid, patient_id=(row.get("patient_id") or rid).strip(), split=(row.get("split") or "all").strip(),
-                  modality=modality, path=str(folder / rel), view=row.get("view") or None,
-                  laterality=row.get("laterality") or None, labels=labels,
-                  source_id=(row.get("source_id") or None))
+    path = inside_root(folder, rel, manifest, line, column="file")
+    extra = tuple(sorted((k, v) for k, v in row.items() if k not in KNOWN_COLUMNS and k))
+    labels = Labels(birads=parse_birads(row.get("birads"), manifest, "birads", line),
+                    density=parse_density(row.get("density"), manifest, "density", line),
+                    findings=split_findings(row.get("findings")), extra=extra)
+    rid = (row.get("id") or "").strip() or rel
+    return Record(id=rid, patient_id=(row.get("patient_id") or "").strip() or rid,
+                  split=(row.get("split") or "").strip() or "all", modality=modality, path=str(path),
+                  view=(row.get("view") or "").strip() or None,
+                  laterality=parse_laterality(row.get("laterality"), manifest, "laterality", line),
+                  labels=labels, source_id=(row.get("source_id") or "").strip() or None)
 
 
 def read_manifest(folder: Path, manifest: Path, modality: str = "OT") -> tuple[list[Record], list[SkippedFile]]:
+    """Every row a record. A listed file that is missing, a path leaving the folder, a repeated file or id, or a
+    bad label is an error naming the manifest and the line: a folder's manifest is written by a tool (export,
+    generate), so a mismatch means the folder is incomplete, and auditing part of it silently would mislead."""
     rows = read_csv_rows(manifest, "manifest")
     if "file" not in rows[0]:
         raise AuditInputError(manifest, "manifest lacks the required column 'file'")
-    records, skipped = [], []
-    for row in rows:
-        record = _record_from_row(folder, row, manifest, modality)
-        if Path(record.path).is_file():
-            records.append(record)
-        else:
-            skipped.append(SkippedFile(record.path, "listed in the manifest but missing"))
-    return records, skipped
+    check_unique(rows, "file", "file")
+    check_unique(rows, "id", "id")
+    records = []
+    for i, row in enumerate(rows):
+        record = _record_from_row(folder, row, manifest, modality, rows.line(i))
+        if not Path(record.path).is_file():
+            raise AuditInputError(manifest, f"line {rows.line(i)}: lists {row['file'].strip()!r}, which is not a "
+                                            f"file in {folder}")
+        records.append(record)
+    return records, []
 
 
 def scan_folder(folder: str | Path, manifest: str | Path | None = None,
@@ -74,7 +75,7 @@ def scan_folder(folder: str | Path, manifest: str | Path | None = None,
         return read_manifest(folder, manifest_path, modality)
     if manifest:
         raise AuditInputError(manifest_path, "manifest not found")
-    files = list_image_files(folder)
+    files = [check_inside(folder, p) for p in list_image_files(folder)]
     if not files:
         raise AuditInputError(folder, f"no image files (accepted: {', '.join(IMAGE_SUFFIXES)})")
     records = [Record(id=p.relative_to(folder).as_posix(), patient_id=p.relative_to(folder).as_posix(),
@@ -110,6 +111,13 @@ def open_folder(folder: str | Path, shape: tuple[int, ...] | None = None, manife
         if not records:
             raise AuditInputError(folder, f"no usable images found ({len(skipped)} listed files are missing)")
         shape = tuple(read_image(records[0].path).shape)
+        if min(shape) < 4:
+            raise AuditInputError(records[0].path, f"image of shape {shape} is too small to set the folder's shape "
+                                                   "(every side must be at least 4 pixels)")
+    try:
+        preprocess = PreprocessConfig(shape=tuple(shape))
+    except ValidationError as err:
+        raise AuditInputError(folder, f"shape {tuple(shape)}: {err.errors()[0]['msg']}") from None
     cfg = DataConfig(name=name or folder.name, reader="folder", root=folder, manifest=manifest,
-                     preprocess=PreprocessConfig(shape=tuple(shape)))
+                     preprocess=preprocess)
     return dataset_from_scan(cfg, records, skipped, decode_any, use_cache)

@@ -14,8 +14,10 @@ import numpy as np
 from scipy import ndimage
 
 from audit.config import DataConfig, PreprocessConfig
-from audit.data.csvio import read_csv_rows
-from audit.data.imageio import fit_to_shape
+from audit.data.csvio import CsvRows, check_unique, read_csv_rows
+from audit.data.imageio import check_finite, fit_to_shape
+from audit.data.limits import check_declared_size
+from audit.data.paths import inside_root
 from audit.data.records import Labels, Record, SkippedFile
 from audit.errors import AuditInputError
 
@@ -23,7 +25,7 @@ REQUIRED_COLUMNS = ("id", "patient_id", "split", "path")
 DEFAULT_PERCENTILES = (1.0, 99.0)
 
 
-def read_manifest(path: Path) -> list[dict[str, str]]:
+def read_manifest(path: Path) -> CsvRows:
     return read_csv_rows(path, "manifest", REQUIRED_COLUMNS)
 
 
@@ -33,17 +35,25 @@ def load_canonical(path: str | Path, canonical: bool = True) -> tuple[np.ndarray
 
     try:
         img = nib.load(str(path))
+        check_declared_size(path, img.shape, "volume")  # before a single voxel is read
         if canonical:
             img = nib.as_closest_canonical(img)
         data = np.asarray(img.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     except FileNotFoundError:
         raise AuditInputError(path, "file not found") from None
+    except AuditInputError:
+        raise
     except Exception as err:
-        raise AuditInputError(path, f"unreadable NIfTI ({type(err).__name__}: {err})") from None
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        raise AuditInputError(path, f"unreadable NIfTI ({type(err).__name__}: {first})") from None
     data = np.squeeze(data)
+    check_finite(data, path)
     if data.ndim != 3:
         raise AuditInputError(path, f"expected a 3D volume, got shape {data.shape}")
+    if data.size and data.min() == data.max():
+        raise AuditInputError(path, f"every voxel has the same value ({data.flat[0]:g}): a blank volume carries no "
+                                    "anatomy")
     return data, zooms
 
 
@@ -91,14 +101,22 @@ class NiftiReader:
         if not manifest.is_file():
             raise AuditInputError(manifest, "manifest not found")
         records, skipped = [], []
-        for row in read_manifest(manifest):
-            path = root / row["path"].strip()
+        rows = read_manifest(manifest)
+        check_unique(rows, "id", "id")
+        for i, row in enumerate(rows):
+            line = rows.line(i)
+            for column in ("id", "patient_id", "split"):
+                if not row[column].strip():
+                    raise AuditInputError(manifest, f"line {line}: empty '{column}'")
+            path = inside_root(root, row["path"], manifest, line)
+            split = row["split"].strip().lower()
             if not path.is_file():
-                skipped.append(SkippedFile(str(path), f"listed in {manifest.name} but missing"))
+                skipped.append(SkippedFile(str(path), f"listed in {manifest.name} (line {line}) but missing",
+                                           split=split))
                 continue
             extra = tuple(sorted((k, v) for k, v in row.items() if k not in REQUIRED_COLUMNS and k))
             records.append(Record(id=row["id"].strip(), patient_id=row["patient_id"].strip(),
-                                  split=row["split"].strip().lower(), modality=cfg.modality, path=str(path),
+                                  split=split, modality=cfg.modality, path=str(path),
                                   labels=Labels(extra=extra)))
         return records, skipped
 
