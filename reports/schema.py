@@ -14,6 +14,19 @@ SCHEMA_VERSION = "1.0"
 VOLATILE_TOP = ("created_at",)
 VOLATILE_PROVENANCE = ("started_at", "finished_at")
 VOLATILE_STAGE = ("started_at", "seconds")
+# inside a stage's details, by convention: durations (`seconds`) and whether something came from the data cache
+# (`from_cache`, `*_from_cache`) — true facts about this run, not results
+VOLATILE_DETAIL_KEYS = ("seconds", "from_cache")
+VOLATILE_DETAIL_SUFFIX = "_from_cache"
+
+
+def _strip_detail_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_detail_keys(v) for k, v in value.items()
+                if k not in VOLATILE_DETAIL_KEYS and not str(k).endswith(VOLATILE_DETAIL_SUFFIX)}
+    if isinstance(value, list):
+        return [_strip_detail_keys(v) for v in value]
+    return value
 
 
 @lru_cache(maxsize=1)
@@ -38,7 +51,7 @@ def check_report(report: dict[str, Any]) -> None:
 
 
 def strip_volatile(report: dict[str, Any]) -> dict[str, Any]:
-    """A copy without the timestamps and durations, for comparing two runs."""
+    """A copy without the timestamps, durations and cache hits, for comparing two runs."""
     out = copy.deepcopy(report)
     for key in VOLATILE_TOP:
         out.pop(key, None)
@@ -47,4 +60,6 @@ def strip_volatile(report: dict[str, Any]) -> dict[str, Any]:
     for stage in out.get("stages", {}).values():
         for key in VOLATILE_STAGE:
             stage.pop(key, None)
+        if "details" in stage:
+            stage["details"] = _strip_detail_keys(stage["details"])
     return out

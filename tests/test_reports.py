@@ -254,3 +254,15 @@ def test_progress_display_and_quiet_output(world, tmp_path, monkeypatch, capsys)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out.strip() == f"verdict: PASS ({tmp_path / 'o' / 'report.html'})"
     assert Path(tmp_path / "o" / "report.md").is_file()
+
+
+def test_strip_volatile_removes_timestamps_durations_and_cache_hits_only():
+    report = {"created_at": "t", "verdict": "PASS",
+              "provenance": {"started_at": "t", "finished_at": "t", "command": ["audit"]},
+              "stages": {"utility": {"seconds": 3.0, "started_at": "t", "status": "ok",
+                                     "details": {"trtr_from_cache": True, "from_cache": False, "steps": 300,
+                                                 "training": [{"seconds": 5.1, "loss": 0.1}]}}}}
+    assert strip_volatile(report) == {
+        "verdict": "PASS", "provenance": {"command": ["audit"]},
+        "stages": {"utility": {"status": "ok", "details": {"steps": 300, "training": [{"loss": 0.1}]}}}}
+    assert report["stages"]["utility"]["seconds"] == 3.0  # a copy: the report itself is untouched
