@@ -17,8 +17,8 @@ from PIL import Image
 from audit.cli import main
 
 ATTACK_COLUMNS = ["loss", "pia", "secmi", "sima", "dcr", "dcr_embed"]
-FAST = ["--option", "secmi.t_sec=40", "--option", "secmi.step=20", "--option", "sima.timesteps=[0,50]",
-        "--n-boot", "100", "--n-synthetic", "6", "--sample-steps", "3", "--threads", "1"]
+BASE = ["--n-boot", "100", "--n-synthetic", "6", "--sample-steps", "3", "--threads", "1"]
+FAST = ["--option", "secmi.t_sec=40", "--option", "secmi.step=20", "--option", "sima.timesteps=[0,50]", *BASE]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -140,7 +140,7 @@ def test_bad_input_is_one_line_and_exit_2(pipeline_workspace, tmp_path, capsys):
     ]
     for extra, message in cases:
         capsys.readouterr()
-        assert mia("--model", ws / "pipe", "--out", tmp_path / "o", *extra, "--n-boot", "20") == 2, message
+        assert mia("--model", ws / "pipe", "--out", tmp_path / "o", *extra, *FAST) == 2, message
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and err.count("\n") == 0, err
     assert mia("--model", broken, "--members", ws / "members", "--nonmembers", ws / "nonmembers",
@@ -185,7 +185,7 @@ def test_dataset_form_takes_the_members_from_the_checkpoint(ldm_workspace, tmp_p
     ws = ldm_workspace
     out = tmp_path / "out"
     assert mia("--model", ws / "ckpt", "--data", ws / "data.yaml", "--data-root", ws / "data", "--out", out,
-               "--attacks", "loss,secmi,dcr", "--min-members", "4", *FAST) == 0
+               "--attacks", "loss,secmi,sima,dcr", "--min-members", "4", *FAST) == 0
     trained = {c.source_id for c in load_generator(ws / "ckpt").training_conditions}
     rows = read_scores(out / "mia_scores.csv")
     members = {r["file"] for r in rows if r["is_member"] == "true"}
@@ -200,7 +200,7 @@ def test_dataset_form_takes_the_members_from_the_checkpoint(ldm_workspace, tmp_p
     ids = tmp_path / "ids.csv"
     ids.write_text("id\n" + "\n".join(sorted(trained)[:5]) + "\n")
     assert mia("--model", ws / "ckpt", "--data", ws / "data.yaml", "--data-root", ws / "data", "--members", ids,
-               "--out", tmp_path / "csv", "--attacks", "sima", "--min-members", "4", *FAST) == 0
+               "--out", tmp_path / "csv", "--attacks", "sima", "--min-members", "4", *BASE) == 0
     rows = read_scores(tmp_path / "csv" / "mia_scores.csv")
     assert {r["file"] for r in rows if r["is_member"] == "true"} == set(sorted(trained)[:5])
 

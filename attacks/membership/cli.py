@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from attacks.membership.inputs import prepare_inputs
-    from attacks.membership.pipeline import run_membership, write_outputs
+    from attacks.membership.pipeline import build_attacks, run_membership, write_outputs
     from attacks.membership.registry import ATTACKS, DEFAULT_ATTACKS
     from audit.errors import AuditInputError
     from audit.registry import Runtime, parse_option_assignments
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             raise AuditInputError(flag, "must be at least 1")
     runtime = Runtime(device=args.device, batch_size=args.batch_size, seed=args.seed, progress=True,
                       cache_dir=args.cache_dir)
+    build_attacks(names, options, runtime)  # parameters validated before any model is loaded
     prepared = prepare_inputs(args, names, runtime)
     match_fields = [f.strip() for f in args.match_fields.split(",") if f.strip()] if args.match_fields else None
     result = run_membership(prepared.generator, prepared.members, prepared.nonmembers, names, options, runtime,

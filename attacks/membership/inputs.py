@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from attacks.membership.members import checkpoint_member_ids
-from attacks.membership.pipeline import ArraySet, AttackTarget, is_conditional, whitebox_access
+from attacks.membership.pipeline import AttackTarget, LazySamples, is_conditional, whitebox_access
 from audit.errors import AuditInputError
 
 BLACK_BOX = ("dcr", "dcr_embed")
@@ -80,12 +80,23 @@ def sample_images(generator, n: int, seed: int, batch_size: int, steps: int | No
     return np.concatenate(out)
 
 
+def quiet_diffusers() -> None:
+    """diffusers' own loading bars and warnings would break the one-line error contract on stderr."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        return
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+
+
 def prepare_inputs(args, names, runtime) -> PreparedInputs:
     from audit.commands.common import data_config_from_args
     from audit.data.dataset import open_dataset
     from audit.data.readers.folder import open_folder
     from generators.loading import load_generator
 
+    quiet_diffusers()
     generator = load_generator(args.model, runtime.device)
     denoiser, no_denoiser = whitebox_access(generator)
     sources: dict[str, str] = {"model": str(args.model)}
@@ -137,8 +148,8 @@ def prepare_inputs(args, names, runtime) -> PreparedInputs:
         synthetic = open_folder(args.model, shape=shape)
         sources["synthetic"] = "the model's images"
     elif any(n in BLACK_BOX for n in names):
-        synthetic = ArraySet(sample_images(generator, args.n_synthetic, args.seed, runtime.batch_size,
-                                           args.sample_steps))
+        synthetic = LazySamples(lambda: sample_images(generator, args.n_synthetic, args.seed, runtime.batch_size,
+                                                      args.sample_steps))
         sources["synthetic"] = f"{args.n_synthetic} samples of the model (seed {args.seed})"
     else:
         no_synthetic = "no black-box attack asked for"

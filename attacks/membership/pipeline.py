@@ -52,6 +52,26 @@ class ArraySet:
             yield self.images[start:start + batch_size], []
 
 
+class LazySamples:
+    """The model's samples, drawn on first use: input errors found later (too few members, an overlap) never
+    wait for sampling."""
+
+    def __init__(self, draw: Callable[[], np.ndarray]):
+        self._draw = draw
+        self._set: ArraySet | None = None
+
+    def _samples(self) -> ArraySet:
+        if self._set is None:
+            self._set = ArraySet(self._draw())
+        return self._set
+
+    def __len__(self) -> int:
+        return len(self._samples())
+
+    def iter_images(self, batch_size: int = 32, progress: str | None = None):
+        return self._samples().iter_images(batch_size, progress)
+
+
 @dataclass
 class AttackTarget:
     """What the attacks may use, and why something is missing."""

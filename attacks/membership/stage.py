@@ -72,7 +72,9 @@ class MembershipStage:
                                 self.params.options, runtime, target=self._target(inputs, members, context),
                                 explicit=False, match_fields=self.params.match_fields,
                                 min_pairs=self.params.min_pairs, max_pairs=self.params.max_pairs,
-                                n_boot=self.params.n_boot)
+                                n_boot=self.params.n_boot,
+                                # record ids identify an image only within one dataset (folders: file names)
+                                by_id=getattr(members, "name", None) == getattr(inputs.holdout, "name", None))
         source = ("the generator's training images" if inputs.members is not None
                   else "the training split (the generator does not list its training images)")
         summary = write_outputs(result, context.out_dir, {"sources": {"members": source,
