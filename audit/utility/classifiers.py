@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from audit.errors import AuditInputError
 from audit.registry import Params, Registry, Runtime
+
+if TYPE_CHECKING:  # torch is imported only when a network is built: `audit --help` lists names without it
+    from torch import nn
 
 
 class TimmClassifier:
@@ -41,7 +42,7 @@ class TimmClassifier:
             refuse_pickle(path)
             self._weights_sha256 = file_sha256(path)
 
-    def build(self, n_classes: int) -> nn.Module:
+    def build(self, n_classes: int) -> "nn.Module":
         import timm
 
         try:
@@ -78,7 +79,7 @@ class MonaiResNet3D:
             raise AuditInputError(None, "classifier 'monai_resnet': layers and widths need the same length")
         self.params = params
 
-    def build(self, n_classes: int) -> nn.Module:
+    def build(self, n_classes: int) -> "nn.Module":
         from monai.networks.nets import ResNet
 
         return ResNet(block="basic", layers=list(self.params.layers), block_inplanes=list(self.params.widths),
