@@ -301,9 +301,9 @@ def decide(gates: GateSet, figures: Mapping[str, Any], stages: Mapping[str, Stag
         elif state.status == "skipped":
             errors.append(f"required stage '{name}' was skipped: {state.reason}")
     errors += [o.message for o in outcomes if o.status == "error"]
-    if errors:
-        return Verdict("ERROR", list(dict.fromkeys(errors)), outcomes)
     failed = [o.message for o in outcomes if o.status == "fail"]
+    if errors:  # the failures found so far are said too: an incomplete audit may already show a problem
+        return Verdict("ERROR", list(dict.fromkeys(errors + failed)), outcomes)
     if failed:
         return Verdict("FAIL", failed, outcomes)
     warned = [o.message for o in outcomes if o.status == "warn"]

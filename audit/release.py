@@ -92,6 +92,7 @@ def release_synthetic_set(release: Path, report: Mapping[str, Any], report_json:
     from audit.jsonio import write_json_atomic
     from audit.pipeline import now_utc
     from generators.checkpoint import atomic_folder, recover_interrupted_save
+    from reports.report import readable_by_all
 
     why_not = refusal(report, records)
     if why_not is not None or synthetic is None:
@@ -124,5 +125,5 @@ def release_synthetic_set(release: Path, report: Mapping[str, Any], report_json:
                    "model_hash": report["model"]["hash"], "data_records_hash": report["data"]["records_hash"],
                    "gates_hash": report["gates"]["hash"], "n_released": len(images), "n_removed": len(removed),
                    "removed_ids": removed, "manifest_sha256": file_sha256(scratch / MANIFEST), "images": images}
-        write_json_atomic(scratch / RELEASE_FILE, summary)
+        readable_by_all(write_json_atomic(scratch / RELEASE_FILE, summary))
     return {"released": True, "folder": str(release), "n_released": len(images), "n_removed": len(removed)}

@@ -147,7 +147,7 @@ def compare_reports(paths: Sequence[Path], out: Path, risk: str | None = None,
     from audit.pipeline import now_utc
     from reports.plots import frontier_png
     from reports.render import data_uri, environment, css
-    from reports.report import write_text_atomic
+    from reports.report import readable_by_all, write_text_atomic
 
     if not paths:
         raise AuditInputError(None, "give at least one report.json")
@@ -180,7 +180,7 @@ def compare_reports(paths: Sequence[Path], out: Path, risk: str | None = None,
                "warnings": warnings, "gate_table": table}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result_paths = {"json": write_json_atomic(out / COMPARE_JSON, summary)}
+    result_paths = {"json": readable_by_all(write_json_atomic(out / COMPARE_JSON, summary))}
     if plot is not None:
         result_paths["frontier"] = write_text_atomic(out / FRONTIER_PNG, plot)
     html = environment().get_template("compare.html.j2").render(

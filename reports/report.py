@@ -68,12 +68,21 @@ def build_report(config, prepared, records: Mapping[str, Any], gates, verdict, c
     return report
 
 
+def readable_by_all(path: Path) -> Path:
+    """Temp files are created 0600; a report is for sharing: give it the mode a plain write would (umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+    return path
+
+
 def write_text_atomic(path: Path, text: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(text.encode() if isinstance(text, str) else text)
+        readable_by_all(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,7 +97,7 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
 
     out = Path(out)
     chart = gate_chart_png(report["gates"]["results"])
-    paths = {"json": write_json_atomic(out / REPORT_JSON, report)}
+    paths = {"json": readable_by_all(write_json_atomic(out / REPORT_JSON, report))}
     if chart is not None:
         paths["gate_chart"] = write_text_atomic(out / GATE_CHART, chart)
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,10 @@ def test_a_full_run_passes_writes_a_valid_report_and_flags_the_planted_copies(wo
     assert (out / "report.html").is_file() and (out / "report.md").is_file() and (out / "gates.png").is_file()
     assert (out / "replicas" / "flagged.csv").is_file()
     assert not list(out.rglob("*.tmp"))
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("report.json", "report.html", "report.md", "gates.png"):  # shareable, not 0600 temp files
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_a_rerun_recomputes_nothing_and_a_config_change_reruns_only_its_stage(world, tmp_path):
@@ -127,15 +132,20 @@ def test_generation_is_keyed_by_model_seed_and_n(world, tmp_path):
     second = pipeline(world, out, registry, model=world["ckpt"], n=5, seed=1)
     second.run()
     assert pf.SAMPLES["images"] == sampled and second.computed == []
-    # more images: only the new ones are sampled, and every analysis stage re-runs
+    # more images: the images already there stay as they are, and every analysis stage re-runs
+    kept = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "generate" / "images").glob("*.png")}
     third = pipeline(world, out, registry, model=world["ckpt"], n=7, seed=1)
     third.run()
-    assert pf.SAMPLES["images"] == sampled + 2
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "generate" / "images").glob("*.png")
+            if p.name in kept} == kept
+    assert len(list((out / "generate" / "images").glob("*.png"))) == 7
     assert sorted(third.computed) == sorted(["generate", "fidelity", "utility", "reid", "membership", "replicas"])
     # another seed: the old images go, all 7 are sampled again
+    before = pf.SAMPLES["images"]
     fourth = pipeline(world, out, registry, model=world["ckpt"], n=7, seed=2)
     fourth.run()
-    assert pf.SAMPLES["images"] == sampled + 2 + 7
+    assert pf.SAMPLES["images"] == before + 7
+    assert all((out / "generate" / "images" / name).read_bytes() != data for name, (data, _) in kept.items())
 
 
 def test_members_of_a_checkpoint_are_its_training_records(world, tmp_path):
