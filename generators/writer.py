@@ -17,7 +17,7 @@ from typing import Sequence
 from audit.data.imageio import image_file_name, write_image_file
 from audit.errors import AuditInputError
 from generators.base import Condition, Generator
-from generators.checkpoint import read_json, write_json
+from generators.checkpoint import read_json
 from generators.conditions import condition_to_row, write_rows_csv
 
 MANIFEST = "manifest.csv"
@@ -37,15 +37,24 @@ def conditions_for(generator: Generator, n: int, seed: int, given: Sequence[Cond
     return generator.default_conditions(n, seed)
 
 
-def contiguous_runs(indices: Sequence[int], max_len: int) -> list[range]:
-    """Sorted indices → runs of consecutive indices, each at most max_len long (one sample() call each)."""
-    runs: list[range] = []
-    for i in indices:
-        if runs and runs[-1].stop == i and len(runs[-1]) < max_len:
-            runs[-1] = range(runs[-1].start, i + 1)
-        else:
-            runs.append(range(i, i + 1))
-    return runs
+def aligned_batches(indices: Sequence[int], batch_size: int, n: int) -> list[range]:
+    """The batches [k·B, (k+1)·B) ∩ [0, n) holding at least one of `indices` (one sample() call each).
+
+    A resumed run regenerates whole batches, exactly as the uninterrupted run composed them, and writes only the
+    missing images: a network's float results can depend on the batch it runs in (other kernels for other sizes),
+    so generating the missing images in new groupings would change their last bits — and the PNG bytes."""
+    starts = sorted({i - i % batch_size for i in indices})
+    return [range(start, min(start + batch_size, n)) for start in starts]
+
+
+def write_json_atomic_sorted(path: Path, data: dict) -> None:
+    """generation.json as write_json formats it, written to a temp name and renamed (a kill mid-write must not
+    leave a torn file that every rerun would then refuse)."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -72,20 +81,22 @@ def generate_to_folder(generator: Generator, out: str | Path, n: int, seed: int 
         if {k: previous.get(k) for k in run} != run:
             raise AuditInputError(out, "already holds images from another model, sampling setting, seed or "
                                        "conditions; choose another --out")
-    write_json(out / RUN_FILE, {**run, "n": n})
     for stale in out.glob(".*.tmp*"):
         stale.unlink()  # leftovers of a crash mid-write
+    write_json_atomic_sorted(out / RUN_FILE, {**run, "n": n})
 
     ndim = len(generator.shape)
     conds = conditions_for(generator, n, seed, conditions)
     todo = [i for i in range(n) if not (out / file_name(i, ndim)).is_file()]
     bar = progress_bar(total=n, desc="generate", initial=n - len(todo)) if progress else None
-    for run_range in contiguous_runs(todo, max(1, batch_size)):
-        images = generator.sample(conds[run_range.start:run_range.stop], seed, first_index=run_range.start)
-        for i, image in zip(run_range, images):
-            write_image_file(image, out / file_name(i, ndim))
+    missing = set(todo)
+    for batch in aligned_batches(todo, max(1, batch_size), n):
+        images = generator.sample(conds[batch.start:batch.stop], seed, first_index=batch.start)
+        for i, image in zip(batch, images):
+            if i in missing:
+                write_image_file(image, out / file_name(i, ndim))
         if bar is not None:
-            bar.update(len(run_range))
+            bar.update(sum(1 for i in batch if i in missing))
     if bar is not None:
         bar.close()
 

@@ -114,6 +114,12 @@ FILE_COMMANDS: dict[str, Callable[[Workspace, Path, Path], list[str]]] = {
     "replicas --deepssim": lambda ws, p, out: ["replicas", "--train", ws.images, "--holdout", ws.holdout,
                                                "--synthetic", ws.images, "--out", out, "--scorers", "ncc,deepssim",
                                                "--deepssim", p],
+    "replicas --encoder timm --weights": lambda ws, p, out: ["replicas", "--train", ws.images, "--holdout", ws.holdout,
+                                                            "--synthetic", ws.images, "--out", out, "--scorers",
+                                                            "ncc", "--encoder", "timm:resnet18", "--weights", p],
+    "replicas --encoder ssl --weights": lambda ws, p, out: ["replicas", "--train", ws.images, "--holdout", ws.holdout,
+                                                           "--synthetic", ws.images, "--out", out, "--scorers",
+                                                           "ncc", "--encoder", "ssl", "--weights", p],
     "deepssim train --weights": lambda ws, p, out: ["deepssim", "train", "--train-folder", ws.images, "--shape",
                                                     "16x16", "--epochs", "1", "--backbone", "timm:resnet18",
                                                     "--weights", p, "--out", out],
@@ -250,6 +256,16 @@ YAML_COMMANDS: dict[str, Callable[[Workspace, Path, Path], list[str]]] = {
 
 def _hostile_yamls(marker: Path) -> dict[str, str]:
     return {**yaml_object_tags(marker), "alias-bomb": yaml_alias_bomb()}
+
+
+def test_option_values_are_never_constructed(ws, tmp_path, marker):
+    """`--option SCORER.KEY=VALUE` reads VALUE as YAML: a tag that would build an object is refused."""
+    touch = f"open({str(marker)!r}, 'w').write('yaml')"
+    result = run_cli(["replicas", "--train", ws.images, "--holdout", ws.holdout, "--synthetic", ws.images,
+                      "--out", tmp_path / "out", "--scorers", "ncc",
+                      "--option", f"ncc.k=!!python/object/apply:builtins.exec [\"{touch}\"]"])
+    assert not marker.exists()
+    assert not check_clean_error(result, words=("--option",)), result.stderr
 
 
 @pytest.mark.parametrize("command", list(YAML_COMMANDS))
