@@ -1,6 +1,7 @@
 """Image encoders by name: embeddings for feature-level replica search (and anything else that needs them).
 
-Two kinds, both offline:
+Two kinds, both offline, registered by name in `ENCODERS` (`audit.registry`: declared parameters, one-line
+errors); `make_encoder(spec, ...)` and `encoder_spec(spec, options, runtime)` build them:
 
 - `timm:<model>` — any timm backbone, built with `pretrained=False, in_chans=1, num_classes=0`, whose weights
   come from a LOCAL safetensors file the user names (`--weights PATH`). Nothing is downloaded, ever; a missing
@@ -29,13 +30,15 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from audit.checkpoints import load_checkpoint, load_safetensors_file, load_state_strict, save_checkpoint
 from audit.errors import AuditInputError
+from audit.registry import Params as RegistryParams
+from audit.registry import Registry, Runtime
 
 SSL_ENCODER_KIND = "ssl-encoder"
-ENCODER_KINDS = ("ssl", "timm")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -43,11 +46,11 @@ ENCODER_KINDS = ("ssl", "timm")
 
 
 def zscore_per_image(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(B, C, *S) → each image to zero mean, unit variance (flat images stay zero)."""
-    dims = tuple(range(1, x.ndim))
-    mean = x.mean(dim=dims, keepdim=True)
-    std = x.std(dim=dims, keepdim=True, unbiased=False)
-    return (x - mean) / (std + eps)
+    """(B, C, *S) → each image to zero mean, unit variance (flat images stay zero): the suite's one z-score
+    (`audit.metrics.similarity.zscore`) with the encoders' eps."""
+    from audit.metrics.similarity import zscore
+
+    return zscore(x, 1, eps=eps)
 
 
 def resize_to(x: torch.Tensor, shape: tuple[int, ...] | None) -> torch.Tensor:
@@ -397,14 +400,22 @@ def save_ssl_encoder(encoder: TorchEncoder, folder: str | Path) -> Path:
 
 def load_ssl_encoder(folder: str | Path, batch_size: int = 64, device: str = "cpu") -> TorchEncoder:
     config, state = load_checkpoint(folder, SSL_ENCODER_KIND)
+    return ssl_encoder_from(config, state, batch_size=batch_size, device=device, where=folder,
+                            info={"checkpoint": str(folder)})
+
+
+def ssl_encoder_from(config: dict[str, Any], state: dict[str, torch.Tensor], batch_size: int = 64,
+                     device: str = "cpu", where: str | Path | None = None,
+                     info: dict[str, Any] | None = None) -> TorchEncoder:
+    """The SSL encoder of a config (`SSLConfig.as_json`) and a backbone state dict, loaded strictly."""
     try:
         cfg = SSLConfig.from_json(config)
     except (KeyError, TypeError, ValueError) as err:
-        raise AuditInputError(folder, f"checkpoint config is incomplete ({err})") from None
+        raise AuditInputError(where, f"checkpoint config is incomplete ({err})") from None
     backbone = build_ssl_backbone(cfg)
-    load_state_strict(backbone, state, folder)
+    load_state_strict(backbone, state, where)
     backbone.eval()
-    info = {"kind": "ssl", "dim": backbone.trunk.out_channels, "config": cfg.as_json(), "checkpoint": str(folder)}
+    info = {"kind": "ssl", "dim": backbone.trunk.out_channels, "config": cfg.as_json(), **(info or {})}
     return TorchEncoder(backbone, name="ssl", ndim=cfg.ndim, input_shape=cfg.input_shape, batch_size=batch_size,
                         device=device, info=info, flip_invariant=cfg.flip_invariant)
 
@@ -457,29 +468,105 @@ def timm_encoder(model_name: str, weights: str | Path | None, batch_size: int = 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# registry
+# registry: encoders by name (the suite's one registry pattern, `audit.registry`)
+
+
+class SSLEncoderSpec:
+    """``ssl``: the suite's self-supervised CNN — loaded from a checkpoint folder (`weights`), or trained on the
+    training images it is given (`build(train_images)`) with the declared budget."""
+
+    class Params(RegistryParams):
+        weights: str | None = Field(None, description="a saved SSL checkpoint folder (save_ssl_encoder)")
+        epochs: int = Field(10, ge=1, description="training epochs when no weights are given")
+        widths: tuple[int, ...] = Field((16, 32, 64), min_length=1, description="channels per CNN stage")
+        temperature: float = Field(0.1, gt=0)
+        lr: float = Field(3e-3, gt=0)
+        flip_invariant: bool = True
+
+    def __init__(self, params: "SSLEncoderSpec.Params", runtime: Runtime):
+        self.params, self.runtime = params, runtime
+        if params.weights is not None and not Path(params.weights).exists():
+            raise AuditInputError(params.weights, "SSL encoder checkpoint not found")
+
+    @property
+    def needs_training(self) -> bool:
+        return self.params.weights is None
+
+    def build(self, train_images: np.ndarray | None = None) -> TorchEncoder:
+        p, rt = self.params, self.runtime
+        if p.weights is not None:
+            return load_ssl_encoder(p.weights, batch_size=rt.batch_size, device=rt.device)
+        if train_images is None:
+            raise AuditInputError(None, "the 'ssl' encoder is trained on the training images: none were given")
+        encoder = train_ssl_encoder(train_images, epochs=p.epochs, seed=rt.seed, widths=tuple(p.widths),
+                                    temperature=p.temperature, lr=p.lr, flip_invariant=p.flip_invariant,
+                                    device=rt.device, progress=rt.progress)
+        encoder.batch_size = rt.batch_size
+        return encoder
+
+
+class TimmEncoderSpec:
+    """``timm``: a timm backbone (`model`) with weights from a local safetensors file (`weights`, required)."""
+
+    class Params(RegistryParams):
+        model: str = Field(..., min_length=1, description="timm model name, e.g. resnet18")
+        weights: str | None = Field(None, description="local safetensors file of that backbone")
+        input_side: int | None = Field(None, ge=8, description="resample inputs to this side first (None: as given)")
+        flip_invariant: bool = False
+
+    needs_training = False
+
+    def __init__(self, params: "TimmEncoderSpec.Params", runtime: Runtime):
+        self.params, self.runtime = params, runtime
+        self.encoder = self.build()  # weights are local files: load now, so a missing file fails before any work
+
+    def build(self, train_images: np.ndarray | None = None) -> TorchEncoder:
+        if getattr(self, "encoder", None) is not None:
+            return self.encoder
+        p, rt = self.params, self.runtime
+        shape = (p.input_side, p.input_side) if p.input_side else None
+        return timm_encoder(p.model, p.weights, batch_size=rt.batch_size, device=rt.device, input_shape=shape,
+                            flip_invariant=p.flip_invariant)
+
+
+ENCODERS: Registry = Registry("encoder")
+ENCODERS.register("ssl", SSLEncoderSpec, "self-supervised CNN trained on the training set (or loaded)")
+ENCODERS.register("timm", TimmEncoderSpec, "timm backbone with weights from a local safetensors file")
+
+
+def parse_encoder_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'ssl' → ('ssl', {}); 'timm:resnet18' → ('timm', {'model': 'resnet18'}). Unknown names are input errors."""
+    kind, sep, arg = spec.partition(":")
+    if kind == "timm":
+        if not arg:
+            raise AuditInputError(None, f"unknown encoder '{spec}' (known: ssl, timm:<model name>)")
+        return "timm", {"model": arg}
+    if sep or kind not in ENCODERS:
+        raise AuditInputError(None, f"unknown encoder '{spec}' (known: ssl, timm:<model name>)")
+    return kind, {}
+
+
+def encoder_spec(spec: str, options: dict[str, Any] | None = None, runtime: Runtime | None = None):
+    """The validated encoder component of `spec` ('ssl', 'timm:<model>') with its options; `.build(train_images)`
+    makes the encoder (`needs_training` says whether it wants them)."""
+    name, base = parse_encoder_spec(spec)
+    return ENCODERS.create(name, {**base, **(options or {})}, runtime or Runtime())
 
 
 def make_encoder(spec: str = "ssl", *, train_images: np.ndarray | None = None, weights: str | Path | None = None,
                  epochs: int = 10, seed: int = 0, batch_size: int = 64, device: str = "cpu",
                  progress: bool = False) -> TorchEncoder:
-    """An encoder by name.
+    """An encoder by name (a thin call of the `ENCODERS` registry).
 
     - "ssl": with `weights` = a saved SSL checkpoint folder, load it; otherwise train it on `train_images`.
     - "timm:<model>": a timm backbone whose weights load from the local safetensors file `weights`.
     """
-    kind, _, arg = spec.partition(":")
-    if kind == "ssl":
-        if weights is not None:
-            return load_ssl_encoder(weights, batch_size=batch_size, device=device)
-        if train_images is None:
-            raise AuditInputError(None, "the 'ssl' encoder is trained on the training images: none were given")
-        encoder = train_ssl_encoder(train_images, epochs=epochs, seed=seed, device=device, progress=progress)
-        encoder.batch_size = batch_size
-        return encoder
-    if kind == "timm" and arg:
-        return timm_encoder(arg, weights, batch_size=batch_size, device=device)
-    raise AuditInputError(None, f"unknown encoder '{spec}' (known: ssl, timm:<model name>)")
+    name, _ = parse_encoder_spec(spec)
+    options: dict[str, Any] = {"weights": None if weights is None else str(weights)}
+    if name == "ssl":
+        options["epochs"] = epochs
+    runtime = Runtime(device=device, batch_size=batch_size, seed=seed, progress=progress)
+    return encoder_spec(spec, options, runtime).build(train_images)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -36,11 +36,10 @@ def normalise_rows(x: torch.Tensor, metric: str) -> torch.Tensor:
     if metric in ("dot", "l2"):
         return x
     if metric == "ncc":
-        centred = x - x.mean(dim=1, keepdim=True)
-        std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+        from audit.metrics.similarity import zscore
+
         # dividing by sqrt(d) here makes the dot product equal to mean(z_q * z_r), i.e. NCC
-        scale = std * np.sqrt(x.shape[1])
-        return torch.where(scale > 0, centred / scale.clamp_min(1e-30), torch.zeros_like(centred))
+        return zscore(x, 1, scale=float(np.sqrt(x.shape[1])))
     if metric == "cosine":
         norm = x.norm(dim=1, keepdim=True)
         return torch.where(norm > 0, x / norm.clamp_min(1e-30), torch.zeros_like(x))

@@ -38,6 +38,8 @@ make the returned best smaller than the exhaustive best, never larger. Measured 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,7 @@ from audit.search import topk_similarity
 LUMINANCE_GRID = 401  # local means at which SSIM's luminance kernel is factorised (linear interpolation between)
 
 
+@functools.lru_cache(maxsize=8)  # an eigendecomposition of a 401² matrix: once per setting, not per batch
 def luminance_factors(rank: int, data_range: float = 1.0, grid: int = LUMINANCE_GRID) -> tuple[np.ndarray, np.ndarray]:
     """(means (G,), factors (G, rank)): the best rank-`rank` factorisation φ(a)·φ(b) ≈ l(a, b) of SSIM's luminance
     term l(a, b) = (2ab + C1) / (a² + b² + C1) on a grid of local means a, b ∈ [0, data_range] — its leading

@@ -266,6 +266,20 @@ def deduplicate(pool: list[tuple[np.ndarray, str]], max_ncc: float = 0.95,
     return [p for p, k in zip(pool, kept) if k], int((~kept).sum())
 
 
+def cached_pool(domain: str, directory: Path | None, build, key: dict) -> tuple[list[tuple[np.ndarray, str]], int]:
+    """The de-duplicated pool of a domain: from `directory` when an earlier run with the same sizes left it there,
+    else built (`build()`), de-duplicated and (with a directory) saved."""
+    path = None if directory is None else directory / f"pool_{domain}_{json.dumps(key, sort_keys=True)}.npz"
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            return list(zip(data["images"], [str(g) for g in data["groups"]])), int(data["dropped"])
+    pool, dropped = deduplicate(build())
+    if path is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(path, images=np.stack([p[0] for p in pool]), groups=np.array([p[1] for p in pool]), dropped=dropped)
+    return pool, dropped
+
+
 def split_by_group(groups: list[str], fractions: tuple[float, float], seed: int):
     """Indices of train / holdout / novel; all images of a group (patient, tile) land in one set."""
     unique = sorted(set(groups))
@@ -280,7 +294,7 @@ def split_by_group(groups: list[str], fractions: tuple[float, float], seed: int)
 
 
 def score_domain(domain: str, pool: list[tuple[np.ndarray, str]], deduplicated_away: int, transforms: dict,
-                 scorer_names: list[str], n_replicas: int, seed: int, scorer_options: dict) -> dict:
+                 scorer_names: list[str], n_replicas: int, seed: int, runtime) -> dict:
     """The scoring half: split the pool, plant the replicas, run every scorer on holdout + novel + replicas.
 
     Returns the scores record — everything `domain_tables` needs, as arrays (what --save-scores writes):
@@ -320,7 +334,7 @@ def score_domain(domain: str, pool: list[tuple[np.ndarray, str]], deduplicated_a
     seconds = []
     for name in scorer_names:
         t0 = time.perf_counter()
-        scorer = make_scorer(name, **scorer_options)
+        scorer = make_scorer(name, None, runtime)
         result = scorer.fit(train).score(queries)
         record[f"score_{name}"] = np.asarray(result.scores, np.float64)
         record[f"nearest_{name}"] = np.asarray(result.nearest)
@@ -376,13 +390,19 @@ def merge_scores(saved: dict, fresh: dict) -> dict:
     return merged
 
 
-def domain_tables(record: dict, quantile: float) -> dict:
+def domain_tables(record: dict, quantile: float, comparisons: bool = True, reference: str = "combined") -> dict:
     """The table half: from a scores record (fresh or loaded), the combiners of attacks/replicas/combined.py
     fitted on the holdout, then per scorer and combiner the calibrated threshold and per transformation AUC,
     TPR at 1% FPR, TPR and FPR at the calibrated threshold, and how often the nearest training image is the
-    replica's source."""
+    replica's source.
+
+    Combiners: `combined` (the suite's rule over every scored scorer), `default` and `fast` (the same rule over
+    the members of those presets, when all were scored: what a user gets), and with `comparisons` the earlier
+    definitions (equal weights, max-z) and the voxel scorers alone. Single scorers are compared (paired
+    bootstrap) with `reference`."""
     from attacks.replicas.calibrate import calibrate
     from attacks.replicas.combined import MaxZCombiner, TailPCombiner
+    from attacks.replicas.registry import PRESETS
     from audit.metrics.statistics import rate_estimate, roc_auc, tpr_at_fpr
 
     domain = str(record["domain"])
@@ -395,13 +415,17 @@ def domain_tables(record: dict, quantile: float) -> dict:
     nearest = {n: np.asarray(record[f"nearest_{n}"]) for n in scorer_names}
     holdout_scores = {n: s[:n_h] for n, s in scores.items()}
     nearest_by_scorer = np.stack([nearest[n] for n in scorer_names], 1)
-    combiners = {"combined": TailPCombiner().fit(holdout_scores),  # the suite's definition
-                 # the same with equal weights (the suite's rule before ncc_reg existed), for comparison
-                 "combined_equal_w": TailPCombiner(primary_weight=None).fit(holdout_scores),
-                 "combined_max_z": MaxZCombiner().fit(holdout_scores)}  # the first one, for comparison
-    voxel = [n for n in scorer_names if n in VOXEL_SCORERS]
-    if 0 < len(voxel) < len(scorer_names):  # the voxel levels alone, beside all levels together
-        combiners["combined_voxel"] = TailPCombiner().fit({n: holdout_scores[n] for n in voxel})
+    combiners = {"combined": TailPCombiner().fit(holdout_scores)}  # the suite's definition over every scorer
+    for preset, members in PRESETS.items():  # what `audit replicas` runs by default, and --preset fast
+        if set(members) <= set(scorer_names):
+            combiners[preset] = TailPCombiner().fit({n: holdout_scores[n] for n in members})
+    if comparisons:
+        # the same with equal weights (the suite's rule before ncc_reg existed), and the first definition
+        combiners["combined_equal_w"] = TailPCombiner(primary_weight=None).fit(holdout_scores)
+        combiners["combined_max_z"] = MaxZCombiner().fit(holdout_scores)
+        voxel = [n for n in scorer_names if n in VOXEL_SCORERS]
+        if 0 < len(voxel) < len(scorer_names):  # the voxel levels alone, beside all levels together
+            combiners["combined_voxel"] = TailPCombiner().fit({n: holdout_scores[n] for n in voxel})
     single = dict(scores)
     for cname, combiner in combiners.items():
         used = combiner.scorers
@@ -432,19 +456,20 @@ def domain_tables(record: dict, quantile: float) -> dict:
                          "auc": roc_auc(labels, both), "tpr_at_1pct_fpr": tpr_at_fpr(labels, both, 0.01),
                          "tpr_calibrated": float(np.mean(pos > cal.threshold)),
                          "fpr_calibrated": fpr_cal.value, "nearest_is_source": float(np.mean(near == src))})
-    better = better_than_combined(scores, scorer_names, n_h, n_n, transforms, sources)
+    reference = reference if reference in scores else "combined"  # e.g. a run without every default scorer
+    better = better_than_combined(scores, scorer_names, n_h, n_n, transforms, sources, reference)
     return {"domain": domain, "sizes": {"train": int(record["n_train"]), "holdout": n_h, "novel": n_n,
                                         "replicas_per_transform": int(record["replicas_per_transform"]),
                                         "pool": meta["pool"], "deduplicated_away": meta["deduplicated_away"],
                                         "sources": meta["composition"]},
             "seconds": dict(zip(scorer_names, map(float, record["seconds"]))), "calibration": calibration,
             "rows": rows, "combiners": {n: c.describe() for n, c in combiners.items()},
-            "better_than_combined": better, "rescored": meta.get("rescored", {})}
+            "better_than_combined": better, "reference": reference, "rescored": meta.get("rescored", {})}
 
 
 def better_than_combined(scores: dict, scorer_names: list[str], n_h: int, n_n: int, transforms: list[str],
-                         sources: list, n_boot: int = 1000) -> list[dict]:
-    """Where a single scorer beats `combined` (higher AUC or TPR at 1% FPR on a transformation): the paired
+                         sources: list, reference: str = "combined", n_boot: int = 1000) -> list[dict]:
+    """Where a single scorer beats `reference` (higher AUC or TPR at 1% FPR on a transformation): the paired
     difference with a 95% bootstrap interval (replicas and novel images resampled within their class, both
     scores of an image kept together). "Significant" when the interval lies above 0."""
     from audit.metrics.statistics import bootstrap_ci, roc_auc, tpr_at_fpr
@@ -453,7 +478,7 @@ def better_than_combined(scores: dict, scorer_names: list[str], n_h: int, n_n: i
         return tpr_at_fpr(labels, x, 0.01)
 
     out = []
-    combined = scores["combined"]
+    combined = scores[reference]
     neg = slice(n_h, n_h + n_n)
     offset = n_h + n_n
     for t, src in enumerate(sources):
@@ -481,7 +506,7 @@ def fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, order: tuple[str, ...] = TRANSFORMS) -> str:
     lines = []
     for dom in results.get("accuracy", []):
         s = dom["sizes"]
@@ -494,7 +519,7 @@ def markdown(results: dict) -> str:
         scorers = list(dom["calibration"])
         lines.append("| transformation | " + " | ".join(f"{n} AUC / TPR@1%FPR / TPR@cal" for n in scorers) + " |")
         lines.append("|---|" + "---|" * len(scorers))
-        for t in [t for t in TRANSFORMS if any(r["transform"] == t for r in dom["rows"])]:
+        for t in [t for t in order if any(r["transform"] == t for r in dom["rows"])]:
             cells = []
             for n in scorers:
                 r = next(x for x in dom["rows"] if x["scorer"] == n and x["transform"] == t)
@@ -509,9 +534,10 @@ def markdown(results: dict) -> str:
         lines.append(f"Nearest training image = the replica's source (mean over transformations): {near}.")
         secs = ", ".join(f"{n} {v:.0f} s" for n, v in dom["seconds"].items())
         lines.append(f"Scoring time (fit + all queries): {secs}.")
-        by_source = dom["calibration"].get("combined", {}).get("novel_flagged_by_source")
+        ref = dom.get("reference", "combined")
+        by_source = dom["calibration"].get(ref, {}).get("novel_flagged_by_source")
         if by_source:
-            lines.append("Novel images above `combined`'s calibrated threshold, by source (flagged / images): "
+            lines.append(f"Novel images above `{ref}`'s calibrated threshold, by source (flagged / images): "
                          + ", ".join(f"{src} {f} / {n}" for src, (f, n) in by_source.items()) + ".")
         if dom.get("rescored"):
             lines.append("Re-scored later with --update-scores (the other scorers' scores are from the first run): "
@@ -521,7 +547,7 @@ def markdown(results: dict) -> str:
                            f"+{b['difference']:.3f} [{b['ci_low']:+.3f}, {b['ci_high']:+.3f}]"
                            f"{' (significant)' if b['significant'] else ''}" for b in better
                            if b["difference"] >= (0.001 if b["metric"] == "auc" else 0.01))  # visible at 3 / 2 digits
-        lines.append(f"Single scorers above `combined` (difference, paired bootstrap 95%): {listed or 'none'}; "
+        lines.append(f"Single scorers above `{ref}` (difference, paired bootstrap 95%): {listed or 'none'}; "
                      f"significant: {sum(b['significant'] for b in better)}.")
     return "\n".join(lines)
 
@@ -550,6 +576,9 @@ def main() -> None:
                         help="score only --scorers and replace their columns in DIR/scores_{2D,3D}.npz (same "
                              "--seed; the split and replicas are checked to match), keeping the other scorers' "
                              "scores; the tables are then built from the merged scores")
+    parser.add_argument("--pool-cache", metavar="DIR",
+                        help="keep the de-duplicated image pools in DIR (they do not depend on --seed; building the "
+                             "phantoms is most of a run's set-up)")
     parser.add_argument("--out", help="results JSON (and .md beside it); default "
                                       "benchmarks/results/bench_replicas_accuracy.json, with --from-scores "
                                       "DIR/bench_replicas_from_scores.json")
@@ -573,7 +602,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     volume = None if args.from_scores else mni_template()
-    options = {"device": "cpu", "batch_size": 64}
+    from audit.registry import Runtime
+
+    runtime = Runtime(device="cpu", batch_size=64, seed=0)
     domains = [d.strip() for d in args.domains.split(",")]
     wanted = [t.strip() for t in args.transforms.split(",") if t.strip()]
     results["accuracy"], results["pools"], results["deduplicated_away"] = [], {}, {}
@@ -582,15 +613,16 @@ def main() -> None:
             record = load_scores(Path(args.from_scores) / f"scores_{domain}.npz")
         else:
             if domain == "2D":
-                pool = pool_2d(volume, work, 20 if q else args.mammo_patients)
                 transforms, n_rep = transforms_2d(args.seed), 30 if q else 100
             else:
-                pool = pool_3d(volume, work, 10 if q else args.brain_patients)
                 transforms, n_rep = transforms_3d(args.seed), 20 if q else 60
-            pool, dropped = deduplicate(pool)
+            pool, dropped = cached_pool(domain, Path(args.pool_cache) if args.pool_cache else None,
+                                        lambda: pool_2d(volume, work, 20 if q else args.mammo_patients)
+                                        if domain == "2D" else pool_3d(volume, work, 10 if q else args.brain_patients),
+                                        {"quick": q, "mammo": args.mammo_patients, "brain": args.brain_patients})
             print(f"[{domain}] pool after de-duplication: {len(pool)} (-{dropped})", flush=True)
             record = score_domain(domain, pool, dropped, {t: transforms[t] for t in wanted}, scorer_names,
-                                  n_rep, args.seed, options)
+                                  n_rep, args.seed, runtime)
             if args.update_scores:
                 record = merge_scores(load_scores(Path(args.update_scores) / f"scores_{domain}.npz"), record)
                 print(f"[{domain}] scores updated in {save_scores(record, Path(args.update_scores))}", flush=True)

@@ -15,20 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audit.metrics.similarity import zscore_images
 
 
-@torch.no_grad()
 def nearest_ncc(queries: np.ndarray, references: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """For each query image, the best NCC over the reference images and that reference's index."""
-    ref = zscore_images(torch.as_tensor(references, dtype=torch.float64)).reshape(len(references), -1)
-    best = np.empty(len(queries)), np.empty(len(queries), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        q = zscore_images(torch.as_tensor(queries[start:start + chunk], dtype=torch.float64)).reshape(-1, ref.shape[1])
-        scores = (q @ ref.T) / ref.shape[1]
-        value, index = scores.max(dim=1)
-        best[0][start:start + len(q)], best[1][start:start + len(q)] = value.numpy(), index.numpy()
-    return best
+    """For each query image, the best NCC over the reference images and that reference's index (the suite's
+    chunked exact search, `audit.search.topk_similarity`)."""
+    from audit.search import topk_similarity
+
+    scores, index = topk_similarity(queries, references, k=1, metric="ncc", chunk_queries=chunk)
+    return scores[:, 0].astype(np.float64), index[:, 0]
 
 
 def summary(values: np.ndarray) -> dict:

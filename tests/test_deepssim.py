@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from attacks.replicas.deepssim import (
-    DeepSSIMModel, DeepSSIMScorer, build_net, default_config, evaluate_on_pairs, load_deepssim, make_scorer, save_deepssim, ssim_pairs, train_deepssim,
+    DeepSSIMModel, DeepSSIMScorer, build_net, default_config, evaluate_on_pairs, load_deepssim, save_deepssim,
+    ssim_pairs, train_deepssim,
 )
+from attacks.replicas.registry import make_scorer
 from audit.errors import AuditInputError
 from tests.image_factory import structured_images
 
@@ -35,25 +37,24 @@ def test_training_lowers_the_loss(trained):
     assert report.epoch_losses[-1] < 0.8 * report.epoch_losses[0]
 
 
-def test_cosine_tracks_ssim_on_held_out_pairs(trained, images):
+def test_training_beats_the_untrained_network_on_held_out_pairs(trained, images):
+    """What training buys, against the untrained network measured in the same way (same architecture, seed 0):
+    the cosine learns SSIM's scale. Measured (3 epochs, 100 images of 32 px, 300 held-out pairs): mean |cosine −
+    SSIM| untrained 0.485, trained 0.127. Rank agreement is NOT evidence of learning here: Spearman untrained
+    0.865 (seed 1: 0.900), trained 0.881 — an image and its augmented copy embed close whatever the weights — and
+    on pairs of different images only 0.595 vs 0.577; nor did training improve top-k retrieval of the SSIM-nearest
+    training image (top-10: untrained 0.70, 3 epochs 0.60, 10 epochs 0.45), which is why the `ssim` scorer uses
+    the SSIM search, not DeepSSIM."""
     model, _ = trained
-    held = evaluate_on_pairs(model, images[100:], pairs=300, seed=123)
-    assert held.pairs == 300
-    # measured (seed 0, 3 epochs, 100 images of 32 px): Spearman 0.858, mean |cosine - SSIM| 0.136
-    assert held.spearman > 0.75
-    assert held.mean_abs_error < 0.2
-
-
-def test_untrained_model_does_not_match_ssim(images):
-    """The control for the test above: an untrained net already ranks pairs fairly well (an image and its lightly
-    augmented copy embed close whatever the weights), but its cosine is not on SSIM's scale."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         config = default_config((32, 32))
-        fresh = DeepSSIMModel(build_net(config).eval(), config)
-    held = evaluate_on_pairs(fresh, images[100:], pairs=300, seed=123)
-    # measured: mean |cosine - SSIM| 0.507 (all cosines near 1), Spearman 0.852
-    assert held.mean_abs_error > 0.35
+        untrained = DeepSSIMModel(build_net(config).eval(), config)
+    held = evaluate_on_pairs(model, images[100:], pairs=300, seed=123)
+    baseline = evaluate_on_pairs(untrained, images[100:], pairs=300, seed=123)
+    assert held.pairs == baseline.pairs == 300
+    assert held.mean_abs_error < 0.5 * baseline.mean_abs_error, (held, baseline)
+    assert held.spearman > 0.75  # a sanity floor only (see above)
 
 
 def test_training_is_deterministic_for_a_seed(images):
@@ -147,7 +148,7 @@ def test_two_stage_scorer_finds_planted_copies(trained, images):
     train, novel = images[:100], images[100:]
     planted = [7, 42, 93]
     queries = np.concatenate([novel[:10], train[planted], np.clip(train[planted] ** 1.2, 0, 1)])
-    result = DeepSSIMScorer(model=model, k=5, verify=True, flips=False).fit(train).score(queries)
+    result = DeepSSIMScorer(DeepSSIMScorer.Params(k=5, verify=True, flips=False), model=model).fit(train).score(queries)
     np.testing.assert_array_equal(result.nearest[10:13], planted)
     np.testing.assert_allclose(result.scores[10:13], 1.0, atol=1e-6)  # exact SSIM of an exact copy
     np.testing.assert_array_equal(result.nearest[13:], planted)  # gamma-changed copies
@@ -156,7 +157,7 @@ def test_two_stage_scorer_finds_planted_copies(trained, images):
     np.testing.assert_allclose(result.scores, ssim_pairs(queries, train[result.nearest]), atol=1e-9)
     assert np.all(np.diff(result.topk_scores, axis=1) <= 1e-12)  # shortlist re-ranked by exact SSIM
 
-    cosine_only = DeepSSIMScorer(model=model, k=5, verify=False, flips=False).fit(train).score(queries)
+    cosine_only = DeepSSIMScorer(DeepSSIMScorer.Params(k=5, verify=False, flips=False), model=model).fit(train).score(queries)
     np.testing.assert_array_equal(cosine_only.nearest[10:13], planted)
     np.testing.assert_allclose(cosine_only.scores[10:13], 1.0, atol=1e-5)
 
@@ -165,25 +166,25 @@ def test_mirrored_copies_are_found_in_their_best_orientation(trained, images):
     model, _ = trained
     train, planted = images[:100], [4, 61]
     mirrored = np.stack([train[4][::-1], train[61][:, ::-1]])
-    found = DeepSSIMScorer(model=model, k=5).fit(train).score(mirrored)
+    found = DeepSSIMScorer(DeepSSIMScorer.Params(k=5), model=model).fit(train).score(mirrored)
     np.testing.assert_array_equal(found.nearest, planted)
     np.testing.assert_allclose(found.scores, 1.0, atol=1e-6)
-    as_is = DeepSSIMScorer(model=model, k=5, flips=False).fit(train).score(mirrored)
+    as_is = DeepSSIMScorer(DeepSSIMScorer.Params(k=5, flips=False), model=model).fit(train).score(mirrored)
     assert as_is.scores.max() < 0.8  # SSIM is not mirror-invariant (measured 0.60, 0.51)
 
 
 def test_make_scorer_validates_before_work(tmp_path):
     with pytest.raises(AuditInputError, match="not found"):
-        make_scorer(checkpoint=tmp_path / "missing")
-    with pytest.raises(AuditInputError, match="epochs"):
-        make_scorer(epochs=0)
+        make_scorer("deepssim", {"checkpoint": str(tmp_path / "missing")})
+    with pytest.raises(AuditInputError, match="bad value for 'epochs'"):
+        make_scorer("deepssim", {"epochs": 0})
 
 
 def test_3d_model_trains_and_scores():
     volumes = structured_images(10, (16, 16, 16), seed=5)
     model, report = train_deepssim(volumes[:8], epochs=1, seed=0, heldout_fraction=0.0, batch_size=4)
     assert model.embed(volumes).shape == (10, 256)
-    result = DeepSSIMScorer(model=model, k=3).fit(volumes[:8]).score(volumes[[2, 9]])
+    result = DeepSSIMScorer(DeepSSIMScorer.Params(k=3), model=model).fit(volumes[:8]).score(volumes[[2, 9]])
     assert result.nearest[0] == 2 and result.scores[0] == pytest.approx(1.0, abs=1e-6)
     assert result.scores[1] < 0.9
 

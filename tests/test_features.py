@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from attacks.replicas.feature import FeatureScorer, make_scorer
+from attacks.replicas.feature import FeatureScorer
+from attacks.replicas.registry import make_scorer
 from audit.errors import AuditInputError
 from tests.image_factory import structured_images
 from audit.features import (
@@ -40,6 +41,8 @@ def test_zscore_per_image():
 # ---------------------------------------------------------------------------------------------------------------
 # the self-supervised encoder and the feature scorer
 
+UNTRAINED_MARGIN = 4  # copies; the smallest gain measured over three seeds was 5 (see the test)
+
 
 @pytest.fixture(scope="module")
 def train_images():
@@ -69,7 +72,7 @@ def test_feature_scorer_finds_planted_copies(ssl_encoder, train_images):
     flipped = train_images[planted][:, :, ::-1]
     shifted = np.roll(train_images[planted], 3, axis=2)  # ~10 % of the width
     queries = np.concatenate([novel, exact, flipped, shifted])
-    result = FeatureScorer(encoder=ssl_encoder, k=3).fit(train_images).score(queries)
+    result = FeatureScorer(FeatureScorer.Params(k=3), encoder=ssl_encoder).fit(train_images).score(queries)
     np.testing.assert_array_equal(result.nearest[16:20], planted)
     np.testing.assert_allclose(result.scores[16:20], 1.0, atol=1e-5)
     # flips: the SSL encoder averages over the flip group, so a mirrored copy embeds exactly like its original
@@ -96,23 +99,58 @@ def test_ssl_encoder_is_deterministic_and_round_trips(train_images, tmp_path):
 def test_ssl_encoder_3d():
     volumes = structured_images(8, (16, 16, 16), seed=3)
     encoder = train_ssl_encoder(volumes, epochs=1, seed=0, batch_size=4)
-    result = FeatureScorer(encoder=encoder, k=2).fit(volumes[:6]).score(volumes[[4]])
+    result = FeatureScorer(FeatureScorer.Params(k=2), encoder=encoder).fit(volumes[:6]).score(volumes[[4]])
     assert result.nearest[0] == 4 and result.scores[0] == pytest.approx(1.0, abs=1e-5)
     assert load_ssl_encoder  # exported
 
 
-def test_feature_make_scorer_trains_at_fit(train_images):
-    scorer = make_scorer(encoder="ssl", epochs=1, k=2)
-    result = scorer.fit(train_images[:12]).score(train_images[[5]])
+def test_feature_scorer_trains_at_fit_and_its_state_round_trips(train_images):
+    from audit.registry import Runtime
+
+    scorer = make_scorer("feature", {"epochs": 1, "k": 2}, Runtime(seed=3, batch_size=16))
+    result = scorer.fit(train_images[:12]).score(train_images[[5, 7]])
     assert result.nearest[0] == 5
-    assert scorer.encoder.info["train_images"] == 12
+    assert scorer.encoder.info["train_images"] == 12 and scorer.encoder.info["config"]["seed"] == 3
+    restored = make_scorer("feature", {"epochs": 1, "k": 2}, Runtime(seed=3)).restore(scorer.fitted_state())
+    np.testing.assert_array_equal(restored.score(train_images[[5, 7]]).scores, result.scores)
 
 
-def test_feature_make_scorer_validates_names():
+def test_feature_scorer_validates_names():
     with pytest.raises(AuditInputError, match="unknown encoder"):
-        make_scorer(encoder="clip")
+        make_scorer("feature", {"encoder": "clip"})
     with pytest.raises(AuditInputError, match="needs --weights"):
-        make_scorer(encoder="timm:test_resnet")
+        make_scorer("feature", {"encoder": "timm:test_resnet"})
+    with pytest.raises(AuditInputError, match="unknown parameter 'epoch'"):
+        make_scorer("feature", {"epoch": 3})
+
+
+def test_ssl_training_beats_the_untrained_network_at_finding_transformed_copies(ssl_encoder, train_images):
+    """The learned part must matter: the same pipeline with no training step (random weights, BatchNorm statistics
+    and centring from the training images) retrieves fewer of these copies' sources. Measured (64 images of 32 px,
+    32 copies shifted ≤ 3 px / rotated ≤ 10° / noisy / gamma; top-1 of 32): seed 0 (this test) untrained 26,
+    trained 15 epochs 31; seeds 1 and 2: 19 → 25 and 22 → 29."""
+    from audit.metrics.similarity import rotate_images, rotation_matrix
+
+    rng = np.random.default_rng(0)
+    sources = rng.choice(64, 32, replace=False)
+
+    def transform(x, i):
+        kind = i % 4
+        if kind == 0:
+            return np.roll(x, tuple(rng.integers(-3, 4, 2)), axis=(0, 1))
+        if kind == 1:
+            return rotate_images(torch.from_numpy(x[None]), rotation_matrix(rng.uniform(-10, 10), 2)).numpy()[0]
+        if kind == 2:
+            return np.clip(x + rng.normal(0, 0.05, x.shape), 0, 1)
+        return x ** rng.uniform(0.7, 1.4)
+
+    copies = np.stack([transform(train_images[s], i) for i, s in enumerate(sources)]).astype(np.float32)
+    untrained = train_ssl_encoder(train_images, epochs=0, seed=0, batch_size=32)
+    hits = {}
+    for name, encoder in (("untrained", untrained), ("trained", ssl_encoder)):
+        result = FeatureScorer(encoder=encoder).fit(train_images).score(copies)
+        hits[name] = int((result.nearest == sources).sum())
+    assert hits["trained"] >= hits["untrained"] + UNTRAINED_MARGIN, hits
 
 
 # ---------------------------------------------------------------------------------------------------------------

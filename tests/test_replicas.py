@@ -10,8 +10,7 @@ from scipy.stats import norm
 
 from attacks.replicas.calibrate import calibrate, calibrated_threshold, label_metrics, read_labels_csv
 from attacks.replicas.combined import MaxZCombiner, TailModel, TailPCombiner
-from attacks.replicas.registry import SCORER_MODULES, make_scorer, parse_scorer_list
-from attacks.replicas.voxel import VoxelScorer
+from attacks.replicas.registry import SCORERS, make_scorer, parse_scorer_list
 from audit.cli import main
 from audit.errors import AuditInputError
 from audit.metrics.similarity import ncc, ssim
@@ -36,27 +35,45 @@ def test_voxel_scorers_find_planted_copies(shape):
     flipped = np.flip(train[21], axis=-1)
     queries = np.stack([train[12], noisy, flipped, smooth_images(1, shape, seed=9)[0]]).astype(np.float32)
     for measure in ("ncc", "ssim"):
-        result = VoxelScorer(measure, k=5).fit(train).score(queries)
+        result = make_scorer(measure, {"k": 5}).fit(train).score(queries)
         np.testing.assert_array_equal(result.nearest[:3], [12, 3, 21])
         assert result.scores[0] == pytest.approx(1.0, abs=1e-5)
         assert result.scores[2] == pytest.approx(1.0, abs=1e-5)  # mirrored copy: the flip orientation matches
         assert result.scores[1] > 0.9 and result.scores[3] < result.scores[1] - 0.2
         assert result.topk_scores.shape == (4, 5) and np.all(np.diff(result.topk_scores, axis=1) <= 0)
     # without flips the mirrored copy is no longer found
-    assert VoxelScorer("ncc", k=5, flips=False).fit(train).score(queries).scores[2] < 0.6
+    assert make_scorer("ncc", {"k": 5, "flips": False}).fit(train).score(queries).scores[2] < 0.6
 
 
 @pytest.mark.parametrize("measure", ["ncc", "ssim"])
 def test_full_shortlist_equals_brute_force(measure):
-    """With k = N the two-stage search is exhaustive: it must return the brute-force best training image."""
+    """With a shortlist of every training image the search is exhaustive: it must return the brute-force best."""
     train = smooth_images(25, (24, 24), seed=2)
     queries = smooth_images(6, (24, 24), seed=3)
-    result = VoxelScorer(measure, k=25, flips=False).fit(train).score(queries)
+    options = {"k": 25, "flips": False} | ({"candidates": 25, "verify": 25} if measure == "ssim" else {})
+    result = make_scorer(measure, options).fit(train).score(queries)
     fn = ncc if measure == "ncc" else ssim
     for q in range(len(queries)):
         values = fn(np.repeat(queries[q:q + 1], 25, 0), train)
         assert result.nearest[q] == int(np.argmax(values))
         assert result.scores[q] == pytest.approx(values.max(), abs=1e-6)
+
+
+def test_ssim_scorer_is_the_ssim_search_per_orientation():
+    """The shipped `ssim` scorer runs the measured SSIM search (audit.ssim_search) on each orientation: its score
+    is the best over orientations of SSIMSearch's top-1 exact SSIM."""
+    from audit.ssim_search import SSIMSearch
+
+    train = smooth_images(40, (32, 32), seed=41)
+    queries = np.concatenate([np.flip(train[5:7], axis=1), smooth_images(3, (32, 32), seed=42)]).astype(np.float32)
+    result = make_scorer("ssim").fit(train).score(queries)
+    search = SSIMSearch().fit(train)
+    best = np.max([search.topk(np.ascontiguousarray(np.flip(queries, axis=axes)) if axes else queries, 1)[0][:, 0]
+                   for axes in [(), (1,), (2,)]], axis=0)
+    np.testing.assert_allclose(result.scores, best)
+    np.testing.assert_array_equal(result.nearest[:2], [5, 6])
+    described = make_scorer("ssim").fit(train).describe()
+    assert described["searchers"]["as_is"]["candidates"] == 200 and described["params"]["verify"] == 5
 
 
 # ------------------------------------------------------------------------------------------- calibration
@@ -114,20 +131,45 @@ def test_tail_p_closed_form_and_monotone():
 # ------------------------------------------------------------------------------------------- registry
 
 
-def test_registry_names_and_missing_modules(monkeypatch):
+def test_registry_names_options_and_runtime(monkeypatch):
+    from audit.registry import Runtime
+
     assert parse_scorer_list("ncc, ssim") == ["ncc", "ssim"]
     with pytest.raises(AuditInputError, match="unknown scorer 'nope'"):
         parse_scorer_list("ncc,nope")
     with pytest.raises(AuditInputError, match="named twice"):
         parse_scorer_list("ncc,ncc")
-    monkeypatch.setitem(SCORER_MODULES, "segmentation", "attacks.replicas.no_such_module_for_test")
+    # an option a scorer does not declare is an error naming what it declares (it was silently dropped before)
+    with pytest.raises(AuditInputError, match="scorer 'ncc_reg': unknown parameter 'kk' \\(declared: .*max_angle"):
+        make_scorer("ncc_reg", {"kk": 3})
+    with pytest.raises(AuditInputError, match="scorer 'ncc': bad value for 'k'"):
+        make_scorer("ncc", {"k": 0})
+    # device, batch size and seed travel in the Runtime, which every scorer receives
+    for name in ("ncc", "ssim", "ncc_reg", "ncc_local"):
+        scorer = make_scorer(name, None, Runtime(device="cpu", batch_size=7, seed=3))
+        assert scorer.runtime.batch_size == 7 and scorer.runtime.seed == 3
+    assert make_scorer("ncc_reg", {"max_angle": 20}).describe()["params"]["max_angle"] == 20
     from attacks.replicas import registry
 
-    monkeypatch.delitem(registry.SCORERS, "segmentation", raising=False)
-    with pytest.raises(AuditInputError, match="scorer segmentation not available"):
+    monkeypatch.setattr(registry.SCORERS.entry("segmentation"), "target", "attacks.replicas.no_such_module_for_test")
+    monkeypatch.setattr(registry.SCORERS.entry("segmentation"), "_loaded", None)
+    with pytest.raises(AuditInputError, match="scorer 'segmentation' is not available"):
         make_scorer("segmentation")
-    scorer = make_scorer("ssim", k=3, device="cpu", unknown_option=1)  # options a factory lacks are not passed
-    assert scorer.name == "ssim" and scorer.k == 3
+
+
+def test_cli_options_reach_the_scorers_and_bad_options_are_input_errors(tmp_path, capsys):
+    root = make_folders(tmp_path, write_png, ".png", (24, 24), n_train=10, n_holdout=10, n_novel=2)
+    assert run_cli(root, "--scorers", "ncc,ncc_reg", "--option", "ncc_reg.max_angle=4",
+                   "--option", "ncc.k=3", "--gate", "0.9") == 0
+    described = json.loads((root / "out" / "replicas.json").read_text())["scorers"]
+    assert described["ncc_reg"]["describe"]["params"]["max_angle"] == 4
+    assert described["ncc"]["describe"]["params"]["k"] == 3
+    assert run_cli(root, "--scorers", "ncc", "--option", "ncc.kk=3") == 2
+    assert "unknown parameter 'kk'" in capsys.readouterr().err
+    assert run_cli(root, "--scorers", "ncc", "--option", "ssim.k=3") == 2  # ssim does not run: not ignored
+    assert "not among the scorers" in capsys.readouterr().err
+    assert run_cli(root, "--scorers", "ncc", "--option", "ncc") == 2
+    assert "expected NAME.KEY=VALUE" in capsys.readouterr().err
 
 
 def test_labels_csv_errors(tmp_path):
@@ -186,7 +228,8 @@ def test_cli_2d_png_flags_the_planted_copy(tmp_path):
     root = make_folders(tmp_path, write_png, ".png", (48, 48))
     (tmp_path / "labels.csv").write_text("file,is_replica\ncopy.png,true\n" +
                                          "".join(f"novel{i}.png,false\n" for i in range(8)))
-    assert run_cli(root, "--labels", str(tmp_path / "labels.csv"), "--quantile", "0.95") == 0
+    assert run_cli(root, "--labels", str(tmp_path / "labels.csv"), "--quantile", "0.95", "--preset", "fast",
+                   "--gate", "0.5") == 0  # at q = 0.95 one novel image in 8 may pass too: not what this checks
     rows = read_csv(root / "out" / "replicas.csv")
     assert list(rows[0]) == ["synthetic", "nearest_train", "score", "is_replica", "ncc", "ssim"]
     by_name = {r["synthetic"]: r for r in rows}
@@ -238,8 +281,8 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
 def test_ncc_shift_finds_a_translated_copy_plain_ncc_scores_low():
     train = smooth_images(30, (40, 40), seed=6, sigma=1.0)
     shifted = np.roll(train[9], (3, -4), axis=(0, 1))[None]  # 7.5% / 10% of the side
-    plain = VoxelScorer("ncc", k=10).fit(train).score(shifted)
-    tolerant = VoxelScorer("ncc_shift", k=10).fit(train).score(shifted)
+    plain = make_scorer("ncc").fit(train).score(shifted)
+    tolerant = make_scorer("ncc_shift").fit(train).score(shifted)
     assert tolerant.nearest[0] == 9 and tolerant.scores[0] == pytest.approx(1.0, abs=1e-5)
     assert plain.scores[0] < 0.5
 
@@ -250,8 +293,8 @@ def test_ncc_zoom_finds_a_crop_and_resize_copy():
     train = smooth_images(30, (48, 48), seed=7, sigma=1.5)
     # a centred 40/48 crop resized back: the source magnified 1.2×
     copy = fit_to_shape(train[4][4:44, 4:44], (48, 48))[None]
-    zoom = VoxelScorer("ncc_zoom", k=10).fit(train).score(copy)
-    shift = VoxelScorer("ncc_shift", k=10).fit(train).score(copy)
+    zoom = make_scorer("ncc_zoom").fit(train).score(copy)
+    shift = make_scorer("ncc_shift").fit(train).score(copy)
     assert zoom.nearest[0] == 4 and zoom.scores[0] > 0.97
     assert shift.scores[0] < zoom.scores[0] - 0.1
 
@@ -267,16 +310,16 @@ def test_ncc_reg_finds_a_rotated_shifted_copy(shape, angle_axis):
     turned = rotate_images(src, rotation_matrix(10, len(shape), angle_axis))  # on the grid's edge
     moved = torch.roll(turned, (2,) + (-2,) * (len(shape) - 1), dims=tuple(range(1, len(shape) + 1)))
     queries = np.concatenate([moved.numpy(), np.flip(moved.numpy(), -1), smooth_images(1, shape, seed=77)])
-    reg_scorer = make_scorer("ncc_reg", k=5).fit(train)
+    reg_scorer = make_scorer("ncc_reg", {"k": 5}).fit(train)
     reg = reg_scorer.score(queries)
-    zoom = make_scorer("ncc_zoom", k=5).fit(train).score(queries)
+    zoom = make_scorer("ncc_zoom", {"k": 5}).fit(train).score(queries)
     np.testing.assert_array_equal(reg.nearest[:2], [17, 17])
     # not 1: the copy's reflected corners (10°) do not match the source's; measured 0.926 (2D) / 0.931 (3D)
     assert reg.scores[0] > 0.9
     assert reg.scores[0] > zoom.scores[0] + 0.05  # rotation search adds what shifts and zooms cannot
     # only the as-is orientation is registered: a mirrored rotated copy keeps its shift-only score (of the images
     # as ncc_reg compares them: low-pass filtered in 2D)
-    shift_only = make_scorer("ncc_shift", k=5).fit(reg_scorer.prefilter(train))
+    shift_only = make_scorer("ncc_shift", {"k": 5}).fit(reg_scorer.prefilter(train))
     assert reg.scores[1] == pytest.approx(shift_only.score(reg_scorer.prefilter(queries[1:2])).scores[0], abs=1e-6)
     assert reg.scores[2] < reg.scores[0] - 0.3  # a new image stays low
 
@@ -309,13 +352,14 @@ def test_ncc_reg_prefilter_is_scipy_gaussian_in_2d_only():
 
     images2d, images3d = smooth_images(3, (24, 20), seed=31), smooth_images(2, (8, 9, 10), seed=32)
     reg, ncc_scorer = make_scorer("ncc_reg"), make_scorer("ncc")
-    np.testing.assert_allclose(reg.prefilter(images2d),
+    np.testing.assert_allclose(reg.make_prefilter(2)(images2d),
                                np.stack([gaussian_filter(x, REG_PREFILTER_SIGMA[2]) for x in images2d]), atol=1e-6)
-    assert reg.prefilter(images3d) is images3d and ncc_scorer.prefilter(images2d) is images2d
+    assert reg.make_prefilter(3)(images3d) is images3d and ncc_scorer.make_prefilter(2)(images2d) is images2d
+    assert make_scorer("ncc_reg", {"prefilter_sigma": 0}).make_prefilter(2)(images2d) is images2d
     # a noisy copy of a smooth image correlates better with its source once both are filtered
     rng = np.random.default_rng(33)
     noisy = images2d + rng.normal(0, 0.2, images2d.shape).astype(np.float32)
-    plain = make_scorer("ncc_shift", k=3).fit(images2d).score(noisy).scores
+    plain = make_scorer("ncc_shift", {"k": 3}).fit(images2d).score(noisy).scores
     assert np.all(reg.fit(images2d).score(noisy).scores > plain)
 
 
@@ -348,3 +392,50 @@ def test_weighted_tail_p_gives_ncc_reg_half_the_weight():
     assert weighted.combine(new)[1][0] == 1 and weighted.combine(new)[1][1] == 0  # the scorer that decided
     without = TailPCombiner().fit({s: hold[s] for s in ("ncc", "ssim")})
     np.testing.assert_allclose(without.combine(new)[0], np.max([p["ncc"], p["ssim"]], 0))  # unchanged rule
+
+
+def test_replicas_json_says_what_ran_and_the_gate_sets_the_exit_code(tmp_path, capsys):
+    import audit
+
+    root = make_folders(tmp_path, write_png, ".png", (32, 32), n_train=20, n_holdout=30, n_novel=2)
+    images = smooth_images(20, (32, 32), seed=0)  # the training images make_folders wrote
+    for i in range(8):  # a synthetic set that is mostly copies
+        write_png(root / "synthetic" / f"dup{i}.png", images[i])
+    assert run_cli(root, "--preset", "fast") == 1  # 9 of 11 flagged: the Wilson lower bound is far above 5%
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "cross-fitted" in out
+    summary = json.loads((root / "out" / "replicas.json").read_text())
+    assert summary["suite"]["version"] == audit.__version__
+    assert summary["suite"]["git_commit"] is None or len(summary["suite"]["git_commit"]) == 40
+    assert summary["gate"]["value"] == 0.05 and summary["gate"]["exceeded"] is True
+    assert summary["parameters"]["preset"] == "fast" and summary["parameters"]["scorers"] == ["ncc", "ssim"]
+    assert summary["calibration"] == {"n_train": 20, "n_holdout": 30, "n_synthetic": 11,
+                                      "holdout_images_above_threshold_expected": pytest.approx(0.3)}
+    described = summary["scorers"]["ssim"]["describe"]
+    assert described["params"]["candidates"] == 200 and "SSIM search" in described["searchers"]["as_is"]["kind"]
+    assert summary["scorers"]["ncc"]["holdout_null"]["n"] == 30
+    combination = summary["combined"]["describe"]
+    assert combination["combination"] == "tail_p" and combination["weights"] == {"ncc": 0.5, "ssim": 0.5}
+    assert combination["tail"]["ncc"]["n"] == 30
+    assert summary["holdout_flagged_crossfit"]["n"] == 30
+    # the same set passes a gate above its lower bound
+    assert run_cli(root, "--preset", "fast", "--gate", "0.95") == 0
+    assert run_cli(root, "--preset", "fast", "--gate", "1.5") == 2
+
+
+def test_crossfit_share_is_the_rule_applied_to_the_other_half():
+    from attacks.replicas.pipeline import crossfit_flagged_share
+
+    rng = np.random.default_rng(3)
+    null = {"a": rng.normal(size=400), "b": rng.normal(size=400)}
+    estimate = crossfit_flagged_share(null, 0.9, seed=1)
+    # a threshold at the 0.9-quantile of one half flags about 10% of the exchangeable other half
+    assert estimate.n == 400 and 0.05 < estimate.value < 0.16 and "cross-fitted" in estimate.method
+    order = np.random.default_rng(1).permutation(400)
+    halves = (order[:200], order[200:])
+    flagged = 0
+    for fit, test in (halves, halves[::-1]):
+        combiner = TailPCombiner().fit({s: v[fit] for s, v in null.items()})
+        threshold = np.quantile(combiner.combine({s: v[fit] for s, v in null.items()})[0], 0.9)
+        flagged += int((combiner.combine({s: v[test] for s, v in null.items()})[0] > threshold).sum())
+    assert estimate.value == flagged / 400

@@ -8,9 +8,10 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from attacks.replicas.segmentation import (
-    DENSE, LESION, ClassicalMammoSegmenter, QuantileTissueSegmenter, SegmentationScorer, make_scorer,
+    DENSE, LESION, ClassicalMammoSegmenter, QuantileTissueSegmenter, SegmentationScorer,
     make_segmenter, mammo_labels, multiclass_dice, quantile_labels,
 )
+from attacks.replicas.registry import make_scorer
 from audit.errors import AuditInputError
 
 
@@ -77,12 +78,12 @@ def test_segmentation_scorer_finds_planted_copies_2d():
     train = np.stack([d[0] for d in drawn[:20]])
     novel = np.stack([d[0] for d in drawn[20:]])
     queries = np.concatenate([novel, train[[5, 11]], train[[7]][:, ::-1], train[[9]][:, :, ::-1]])
-    result = SegmentationScorer(k=5).fit(train).score(queries)
+    result = make_scorer("segmentation", {"k": 5}).fit(train).score(queries)
     np.testing.assert_array_equal(result.nearest[4:], [5, 11, 7, 9])  # exact, then mirrored copies
     np.testing.assert_allclose(result.scores[4:], 1.0)
     assert result.scores[:4].max() < 1.0
     # without the mirrored orientations a mirrored copy is no longer a perfect match
-    as_is = SegmentationScorer(k=5, flips=False).fit(train).score(queries)
+    as_is = make_scorer("segmentation", {"k": 5, "flips": False}).fit(train).score(queries)
     np.testing.assert_allclose(as_is.scores[4:6], 1.0)
     assert as_is.scores[6:].max() < 1.0
     # the returned score is the Dice of the returned pair (as is: no orientation involved)
@@ -97,7 +98,7 @@ def test_segmentation_scorer_3d():
     rng = np.random.default_rng(0)
     volumes = np.stack([gaussian_filter(rng.standard_normal((16, 16, 16)), 2) for _ in range(10)])
     volumes = ((volumes - volumes.min()) / (volumes.max() - volumes.min())).astype(np.float32)
-    result = make_scorer(k=3).fit(volumes[:8]).score(volumes[[3, 8, 9]])
+    result = make_scorer("segmentation", {"k": 3}).fit(volumes[:8]).score(volumes[[3, 8, 9]])
     assert result.nearest[0] == 3 and result.scores[0] == 1.0
     # measured best Dice of the two novel volumes against the training set: 0.24 and 0.17
     assert result.scores[1:].max() < 0.5
@@ -105,9 +106,10 @@ def test_segmentation_scorer_3d():
 
 def test_make_scorer_validates_names():
     with pytest.raises(AuditInputError, match="unknown segmenter"):
-        make_scorer(segmenter="unet")
-    with pytest.raises(AuditInputError, match="k must be"):
-        make_scorer(k=0)
+        make_scorer("segmentation", {"segmenter": "unet"})
+    with pytest.raises(AuditInputError, match="scorer 'segmentation': bad value for 'k'"):
+        make_scorer("segmentation", {"k": 0})
+    assert isinstance(make_scorer("segmentation"), SegmentationScorer)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def test_unet_segmenter_learns_drawn_masks_and_round_trips(tmp_path):
     assert np.mean(dense) > 0.75
     save_unet_segmenter(segmenter, tmp_path / "unet")
     np.testing.assert_array_equal(load_unet_segmenter(tmp_path / "unet").segment(images[24:]), predicted)
-    scorer = make_scorer(segmenter=f"unet:{tmp_path / 'unet'}", k=3)
+    scorer = make_scorer("segmentation", {"segmenter": f"unet:{tmp_path / 'unet'}", "k": 3})
     result = scorer.fit(images[:20]).score(images[[6, 22]])
     assert result.nearest[0] == 6 and result.scores[0] == 1.0
     with pytest.raises(AuditInputError, match="is a 'segmenter-unet', expected a 'deepssim'"):

@@ -30,6 +30,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import Field
+
+from audit.registry import NoParams, Params, Registry, Runtime
 
 # a null with (almost) no spread would turn any difference into an infinite statistic; floor the scale here
 SCALE_FLOOR = 1e-6
@@ -172,5 +175,29 @@ class MaxZCombiner:
                 "holdout_mean": dict(self.means), "holdout_std": dict(self.stds)}
 
 
-COMBINERS = {"tail_p": TailPCombiner, "max_z": MaxZCombiner}
+class TailPParams(Params):
+    primary_weight: float | None = Field(PRIMARY_WEIGHT, gt=0, lt=1,
+                                         description="ncc_reg's weight when listed (None: equal weights)")
+
+
+def tail_p_combination(params: TailPParams, runtime: Runtime) -> TailPCombiner:
+    return TailPCombiner(primary_weight=params.primary_weight)
+
+
+def max_z_combination(params: NoParams, runtime: Runtime) -> MaxZCombiner:
+    return MaxZCombiner()
+
+
+tail_p_combination.Params = TailPParams
+max_z_combination.Params = NoParams
+
+# combination rules by name (the suite's one registry pattern)
+COMBINATIONS: Registry = Registry("combination")
+COMBINATIONS.register("tail_p", tail_p_combination, "weighted max of -log10 tail p-values (the default)")
+COMBINATIONS.register("max_z", max_z_combination, "max of z-scores (the first definition, for comparison)")
 DEFAULT_COMBINATION = "tail_p"
+
+
+def make_combiner(name: str = DEFAULT_COMBINATION, options: dict | None = None):
+    """A fresh, unfitted combiner of the rule `name`."""
+    return COMBINATIONS.create(name, options)

@@ -48,12 +48,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from scipy.stats import spearmanr
 from torch import nn
 
-from attacks.replicas.base import ReplicaScores, query_array, training_array
+from attacks.replicas.base import ReplicaScores, ScorerBase, query_array, training_array
 from audit.checkpoints import load_checkpoint, load_state_strict, save_checkpoint
 from audit.errors import AuditInputError
+from audit.registry import Params, Runtime
 from audit.features import ConvTrunk, recalibrate_batchnorm, resize_to, topk_cosine, zscore_per_image
 
 CHECKPOINT_KIND = "deepssim"
@@ -486,12 +488,22 @@ def load_deepssim(folder: str | Path, batch_size: int = 64, device: str = "cpu")
 # the scorer
 
 
-class DeepSSIMScorer:
+class DeepSSIMParams(Params):
+    checkpoint: str | None = Field(None, description="DeepSSIM checkpoint folder (audit deepssim train); "
+                                                     "None: trained on the training set at fit")
+    k: int = Field(10, ge=1, description="training images retrieved by cosine per query and orientation")
+    verify: bool = Field(True, description="score = best exact SSIM of the retrieved (else the best cosine)")
+    flips: bool = True
+    epochs: int = Field(10, ge=1, description="training budget when trained at fit")
+
+
+class DeepSSIMScorer(ScorerBase):
     """Cosine retrieval of the top-k training images, then (verify=True) exact SSIM of those k pairs.
 
     score = best exact SSIM among the top-k (verify=True) or the best cosine (verify=False);
-    nearest = the training image reaching it. Give a trained `model`, or a `model_builder` that trains one on the
-    training images at `fit` (SSIM targets need no labels, so this is always possible).
+    nearest = the training image reaching it. Built from its Params (a checkpoint loads at construction, so a bad
+    one fails before any work; without one a model is trained on the training images at `fit` — SSIM targets need
+    no labels), or with an injected `model` / `model_builder`.
 
     flips=True (our extension, as in the voxel scorers): the query is also searched mirrored along each spatial
     axis (2D: 3 orientations, 3D: 4) and its best orientation counts. SSIM is not mirror-invariant, so without
@@ -499,19 +511,32 @@ class DeepSSIMScorer:
     """
 
     name = "deepssim"
+    level = "learned (DeepSSIM re-implementation)"
+    Params = DeepSSIMParams
 
-    def __init__(self, model: DeepSSIMModel | None = None,
-                 model_builder: Callable[[np.ndarray], DeepSSIMModel] | None = None, k: int = 10,
-                 verify: bool = True, flips: bool = True, verify_batch: int = 256):
-        if (model is None) == (model_builder is None):
-            raise ValueError("give exactly one of model / model_builder")
-        if k < 1:
-            raise AuditInputError(None, f"deepssim scorer: k must be >= 1, got {k}")
+    def __init__(self, params: DeepSSIMParams | None = None, runtime: Runtime | None = None, *,
+                 model: DeepSSIMModel | None = None,
+                 model_builder: Callable[[np.ndarray], DeepSSIMModel] | None = None, verify_batch: int = 256):
+        super().__init__(params, runtime)
+        if model is not None and model_builder is not None:
+            raise ValueError("give at most one of model / model_builder")
+        p, rt = self.params, self.runtime
+        if model is None and model_builder is None:
+            if p.checkpoint is not None:
+                if not Path(p.checkpoint).exists():
+                    raise AuditInputError(p.checkpoint, "DeepSSIM checkpoint not found")
+                model = load_deepssim(p.checkpoint, batch_size=rt.batch_size, device=rt.device)
+            else:
+                def model_builder(train: np.ndarray) -> DeepSSIMModel:
+                    trained, _ = train_deepssim(train, epochs=p.epochs, seed=rt.seed, device=rt.device,
+                                                progress=rt.progress)
+                    trained.batch_size = rt.batch_size
+                    return trained
         self.model = model
         self.model_builder = model_builder
-        self.k = k
-        self.verify = verify
-        self.flips = flips
+        self.k = p.k
+        self.verify = p.verify
+        self.flips = p.flips
         self.verify_batch = verify_batch
         self.train: np.ndarray | None = None
         self.train_embeddings: np.ndarray | None = None
@@ -531,28 +556,17 @@ class DeepSSIMScorer:
         return verify_topk(queries, self.train, index, self.verify_batch), index
 
     def score(self, queries: np.ndarray) -> ReplicaScores:
-        from attacks.replicas.voxel import best_per_reference
+        from attacks.replicas.voxel import merge_orientations, orientations
 
         queries = query_array("deepssim", queries, None if self.train is None else self.train.shape[1:])
         parts = [self._score_oriented(np.ascontiguousarray(np.flip(queries, axis=axes)) if axes else queries)
                  for axes in orientations(queries.ndim - 1, self.flips)]
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        index = np.concatenate([p[1] for p in parts], axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")  # re-rank the shortlist by exact SSIM (or cosine)
-        scores, index = np.take_along_axis(scores, order, 1), np.take_along_axis(index, order, 1)
-        scores, index = best_per_reference(scores, index, min(self.k, len(self.train)))
-        return ReplicaScores(scores[:, 0].copy(), index[:, 0].astype(np.int64), scores, index)
+        return merge_orientations(parts, min(self.k, len(self.train)))
 
-    def describe(self) -> dict:
-        return {"name": self.name, "k": self.k, "verify": self.verify,
-                "score": "best exact SSIM of the top-k" if self.verify else "best cosine",
+    def components(self) -> dict:
+        return {"level": self.level, "score": "best exact SSIM of the top-k" if self.verify else "best cosine",
                 "orientations": "as is + mirrored along each axis" if self.flips else "as is",
                 "model": self.model.describe() if self.model is not None else "trained at fit"}
-
-
-def orientations(ndim: int, flips: bool) -> list[tuple[int, ...]]:
-    """Axes of a (N, *S) batch to mirror: () is the image as it is, then each spatial axis alone."""
-    return [()] + ([(axis,) for axis in range(1, ndim + 1)] if flips else [])
 
 
 def verify_topk(queries: np.ndarray, train: np.ndarray, index: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -564,22 +578,3 @@ def verify_topk(queries: np.ndarray, train: np.ndarray, index: np.ndarray, batch
         sl = slice(start, start + batch)
         out[sl] = ssim_pairs(queries[q_rows[sl]], train[t_rows[sl]])
     return out.reshape(index.shape)
-
-
-def make_scorer(checkpoint: str | Path | None = None, k: int = 10, verify: bool = True, flips: bool = True,
-                epochs: int = 10, seed: int = 0, batch_size: int = 64, device: str = "cpu",
-                progress: bool = False) -> DeepSSIMScorer:
-    """The DeepSSIM scorer by parameters (what the CLI calls). With `checkpoint`, the model loads now (a bad
-    checkpoint fails before any work); without, a model is trained on the training set at fit."""
-    if epochs < 1:
-        raise AuditInputError(None, f"deepssim scorer: epochs must be >= 1, got {epochs}")
-    if checkpoint is not None:
-        return DeepSSIMScorer(model=load_deepssim(checkpoint, batch_size=batch_size, device=device), k=k,
-                              verify=verify, flips=flips)
-
-    def build(train: np.ndarray) -> DeepSSIMModel:
-        model, _ = train_deepssim(train, epochs=epochs, seed=seed, device=device, progress=progress)
-        model.batch_size = batch_size
-        return model
-
-    return DeepSSIMScorer(model_builder=build, k=k, verify=verify, flips=flips)

@@ -12,35 +12,57 @@ Score: cosine in [-1, 1], higher = more similar. No threshold lives here (calibr
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 from typing import Callable
 
 import numpy as np
+import torch
+from pydantic import Field
 
-from attacks.replicas.base import ReplicaScores, query_array, training_array
-from audit.errors import AuditInputError
-from audit.features import Encoder, make_encoder, topk_cosine
+from attacks.replicas.base import ReplicaScores, ScorerBase, query_array, training_array
+from audit.features import Encoder, encoder_spec, topk_cosine
+from audit.registry import Params, Runtime
 
 EncoderBuilder = Callable[[np.ndarray], Encoder]  # training images → a ready encoder
 
 
-class FeatureScorer:
+class FeatureParams(Params):
+    encoder: str = Field("ssl", description="ssl (trained on the training set at fit, or loaded from `weights`) or "
+                                            "timm:<model> (weights: a local safetensors file, required)")
+    weights: str | None = Field(None, description="SSL checkpoint folder or timm safetensors file")
+    k: int = Field(5, ge=1, description="nearest training embeddings kept per query")
+    epochs: int = Field(10, ge=1, description="SSL training budget when the encoder is trained at fit")
+
+
+class FeatureScorer(ScorerBase):
     """Cosine of embeddings to the nearest training image.
 
-    Give either a ready `encoder`, or an `encoder_builder` that makes one from the training images at `fit`
-    (how the self-supervised default is trained on exactly the set it will search).
+    Built from its Params by the registry (`encoder`, `weights`, `k`, `epochs`; device, batch size and seed from
+    the Runtime), or with an injected ready `encoder` / an `encoder_builder` that makes one from the training
+    images at `fit` (how the self-supervised default is trained on exactly the set it will search).
     """
 
     name = "feature"
+    level = "feature (RELICT feature level, re-implementation)"
+    Params = FeatureParams
 
-    def __init__(self, encoder: Encoder | None = None, encoder_builder: EncoderBuilder | None = None, k: int = 5):
-        if (encoder is None) == (encoder_builder is None):
-            raise ValueError("give exactly one of encoder / encoder_builder")
-        if k < 1:
-            raise AuditInputError(None, f"feature scorer: k must be >= 1, got {k}")
+    def __init__(self, params: FeatureParams | None = None, runtime: Runtime | None = None, *,
+                 encoder: Encoder | None = None, encoder_builder: EncoderBuilder | None = None):
+        super().__init__(params, runtime)
+        if encoder is not None and encoder_builder is not None:
+            raise ValueError("give at most one of encoder / encoder_builder")
+        if encoder is None and encoder_builder is None:
+            p = self.params
+            options = {"weights": p.weights, **({"epochs": p.epochs} if p.encoder == "ssl" else {})}
+            # validated now; a timm backbone's or a checkpoint's weights load now, so a bad file fails before work
+            spec = encoder_spec(p.encoder, options, self.runtime)
+            if spec.needs_training:
+                encoder_builder = spec.build
+            else:
+                encoder = spec.build()
         self.encoder = encoder
         self.encoder_builder = encoder_builder
-        self.k = k
+        self.k = self.params.k
         self.train_embeddings: np.ndarray | None = None
         self.train_shape: tuple[int, ...] | None = None
 
@@ -59,31 +81,31 @@ class FeatureScorer:
         return ReplicaScores(scores=scores[:, 0].astype(np.float64), nearest=index[:, 0].astype(np.int64),
                              topk_scores=scores, topk_index=index)
 
-    def describe(self) -> dict:
-        return {"name": self.name, "k": self.k,
+    def components(self) -> dict:
+        return {"level": self.level,
                 "encoder": self.encoder.describe() if self.encoder is not None else "trained at fit"}
 
+    # the training embeddings (and an encoder trained at fit) are what `audit run` caches per training set
+    def fitted_state(self) -> dict[str, np.ndarray]:
+        state = {"train_embeddings": self.train_embeddings, "train_shape": np.asarray(self.train_shape, np.int64)}
+        if self.encoder_builder is not None:  # trained at fit: its weights are part of the fitted state
+            info = getattr(self.encoder, "info", {})
+            if info.get("kind") != "ssl":
+                raise NotImplementedError("feature: only the SSL encoder trained at fit is cached")
+            state["encoder_info"] = np.array(json.dumps(info))
+            state.update({f"module.{k}": v.detach().cpu().numpy()
+                          for k, v in self.encoder.module.state_dict().items()})
+        return state
 
-def make_scorer(encoder: str = "ssl", weights: str | Path | None = None, k: int = 5, epochs: int = 10,
-                seed: int = 0, batch_size: int = 64, device: str = "cpu", progress: bool = False) -> FeatureScorer:
-    """The feature scorer by parameters (what the CLI calls).
+    def restore(self, state: dict[str, np.ndarray]) -> "FeatureScorer":
+        from audit.features import ssl_encoder_from
 
-    encoder: "ssl" (trained on the training set at fit, or loaded from the checkpoint folder `weights`) or
-    "timm:<model>" (weights = a local safetensors file; required). Parameters are validated here, before any
-    training or embedding starts.
-    """
-    kind = encoder.partition(":")[0]
-    if kind not in ("ssl", "timm") or (kind == "timm" and not encoder.partition(":")[2]):
-        raise AuditInputError(None, f"unknown encoder '{encoder}' (known: ssl, timm:<model name>)")
-    if epochs < 1:
-        raise AuditInputError(None, f"feature scorer: epochs must be >= 1, got {epochs}")
-    if kind == "timm" or weights is not None:
-        # weights are local files: load now so that a missing file fails before any work
-        return FeatureScorer(encoder=make_encoder(encoder, weights=weights, batch_size=batch_size, device=device),
-                             k=k)
-
-    def build(train: np.ndarray) -> Encoder:
-        return make_encoder("ssl", train_images=train, epochs=epochs, seed=seed, batch_size=batch_size,
-                            device=device, progress=progress)
-
-    return FeatureScorer(encoder_builder=build, k=k)
+        if self.encoder_builder is not None:
+            info = json.loads(str(state["encoder_info"]))
+            weights = {k.partition(".")[2]: torch.from_numpy(np.array(v)) for k, v in state.items()
+                       if k.startswith("module.")}
+            self.encoder = ssl_encoder_from(info.pop("config"), weights, batch_size=self.runtime.batch_size,
+                                            device=self.runtime.device, info=info)
+        self.train_embeddings = np.asarray(state["train_embeddings"])
+        self.train_shape = tuple(int(x) for x in state["train_shape"])
+        return self

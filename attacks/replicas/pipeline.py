@@ -1,29 +1,36 @@
 """The replica audit: fit every scorer on the training images, score holdout and synthetic images, calibrate
 each scorer and their combination on the holdout, and (for folders) write CSV, JSON and figures.
 
-`audit_arrays` is the pure part (arrays in, results out) that benchmarks and other stages reuse;
-`run_folder_audit` is what `audit replicas` calls.
+`score_sets` / `assemble_audit` are the pure parts (arrays in, results out) that benchmarks and the `audit run`
+stage reuse; `audit_arrays` chains them; `run_folder_audit` is what `audit replicas` calls.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import functools
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from attacks.replicas.base import ReplicaScorer, ReplicaScores
 from attacks.replicas.calibrate import Calibration, calibrate, check_quantile, label_metrics, read_labels_csv
-from attacks.replicas.combined import COMBINERS, DEFAULT_COMBINATION
-from attacks.replicas.registry import make_scorer
+from attacks.replicas.combined import DEFAULT_COMBINATION, make_combiner
 from audit.errors import AuditInputError
+from audit.metrics.statistics import Estimate, rate_estimate
 from audit.progress import progress_bar
 
 COMBINED = "combined"
+# `audit replicas` exits 1 when the Wilson 95% lower bound of the flagged share exceeds this. The threshold
+# flags 1 − q = 1% of genuinely new images by construction, but on the benchmark the realised share of new images
+# above it reached 3.3% (a finite holdout is never exactly like new images); 5% sits above that, so an honest
+# generator does not fail by calibration error, while a memorising one (the demo's control: 78%, lower bound 67%)
+# fails plainly.
+DEFAULT_GATE = 0.05
 
 
 @dataclass
@@ -39,6 +46,7 @@ class ReplicaAudit:
     calibrations: dict[str, Calibration]  # per scorer + COMBINED
     timings: dict[str, float] = field(default_factory=dict)
     descriptions: dict[str, Any] = field(default_factory=dict)
+    holdout_crossfit: Estimate | None = None  # the rule's flagged share on held-out halves it was not fitted on
 
     @property
     def threshold(self) -> float:
@@ -48,11 +56,79 @@ class ReplicaAudit:
     def is_replica(self) -> np.ndarray:
         return self.combined_synthetic > self.threshold
 
+    @property
+    def flagged(self) -> Estimate:
+        return self.calibrations[COMBINED].synthetic_flagged
+
     def synthetic_scores(self, name: str) -> np.ndarray:
         return self.combined_synthetic if name == COMBINED else self.synthetic[name].scores
 
     def holdout_scores(self, name: str) -> np.ndarray:
         return self.combined_holdout if name == COMBINED else self.holdout[name].scores
+
+    def region(self, q: int) -> tuple[str, np.ndarray, np.ndarray] | None:
+        """A matched region for synthetic image q: (scorer, query box, training box) from a local scorer whose
+        nearest training image is the reported one (the decisive scorer first), or None."""
+        order = [self.decisive[q]] + [s for s in self.scorers if s != self.decisive[q]]
+        for name in order:
+            result = self.synthetic[name]
+            if result.query_box is not None and result.nearest[q] == self.nearest[q]:
+                return name, result.query_box[q], result.train_box[q]
+        return None
+
+
+def score_in_batches(scorer: ReplicaScorer, images: np.ndarray | Iterable[np.ndarray]) -> ReplicaScores:
+    """Score an array, or a stream of arrays (memory bounded by the batch; scores are per query, so batching
+    does not change them)."""
+    if isinstance(images, np.ndarray):
+        return scorer.score(images)
+    return ReplicaScores.concatenate([scorer.score(batch) for batch in images])
+
+
+def score_sets(scorers: dict[str, ReplicaScorer], train: np.ndarray, sets: dict[str, Any],
+               progress: bool = False) -> tuple[dict[str, dict[str, ReplicaScores]], dict[str, float], dict[str, Any]]:
+    """Every scorer fitted on `train`, then applied to each named query set (an array, or a callable returning a
+    fresh iterator of arrays). → ({set: {scorer: scores}}, seconds per scorer, describe() per scorer)."""
+    out: dict[str, dict[str, ReplicaScores]] = {name: {} for name in sets}
+    timings: dict[str, float] = {}
+    descriptions: dict[str, Any] = {}
+    bar = progress_bar(total=len(scorers), desc="replica scorers") if progress else None
+    for name, scorer in scorers.items():
+        t0 = time.perf_counter()
+        scorer.fit(train)
+        for set_name, images in sets.items():
+            out[set_name][name] = score_in_batches(scorer, images() if callable(images) else images)
+        timings[name] = time.perf_counter() - t0
+        descriptions[name] = scorer.describe()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out, timings, descriptions
+
+
+def assemble_audit(names: list[str], holdout_scores: dict[str, ReplicaScores],
+                   synthetic_scores: dict[str, ReplicaScores], quantile: float = 0.99,
+                   combination: str = DEFAULT_COMBINATION, timings: dict[str, float] | None = None,
+                   descriptions: dict[str, Any] | None = None, crossfit_seed: int = 0) -> ReplicaAudit:
+    """Calibrate every scorer and the combination on the holdout scores, decide the synthetic images."""
+    check_quantile(quantile)
+    combiner = make_combiner(combination).fit({n: holdout_scores[n].scores for n in names})
+    combined_holdout, _ = combiner.combine({n: holdout_scores[n].scores for n in names})
+    combined_synthetic, decisive = combiner.combine({n: synthetic_scores[n].scores for n in names})
+    nearest_by_scorer = np.stack([synthetic_scores[n].nearest for n in names], axis=1)
+    nearest = nearest_by_scorer[np.arange(len(decisive)), decisive]
+    calibrations = {n: calibrate(n, holdout_scores[n].scores, synthetic_scores[n].scores, quantile) for n in names}
+    calibrations[COMBINED] = calibrate(COMBINED, combined_holdout, combined_synthetic, quantile)
+    descriptions = dict(descriptions or {})
+    descriptions[COMBINED] = combiner.describe()
+    crossfit = crossfit_flagged_share({n: holdout_scores[n].scores for n in names}, quantile, combination,
+                                      crossfit_seed)
+    return ReplicaAudit(scorers=list(names), holdout=holdout_scores, synthetic=synthetic_scores, combiner=combiner,
+                        combined_holdout=combined_holdout, combined_synthetic=combined_synthetic,
+                        nearest=nearest.astype(np.int64), decisive=[names[i] for i in decisive],
+                        calibrations=calibrations, timings=dict(timings or {}), descriptions=descriptions,
+                        holdout_crossfit=crossfit)
 
 
 def audit_arrays(scorers: dict[str, ReplicaScorer], train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray,
@@ -62,38 +138,92 @@ def audit_arrays(scorers: dict[str, ReplicaScorer], train: np.ndarray, holdout: 
     check_quantile(quantile)
     if len(holdout) == 0 or len(synthetic) == 0 or len(train) == 0:
         raise AuditInputError(None, "train, holdout and synthetic sets must each hold at least one image")
-    holdout_scores: dict[str, ReplicaScores] = {}
-    synthetic_scores: dict[str, ReplicaScores] = {}
-    timings: dict[str, float] = {}
-    descriptions: dict[str, Any] = {}
-    bar = progress_bar(total=len(scorers), desc="replica scorers") if progress else None
-    for name, scorer in scorers.items():
-        t0 = time.perf_counter()
-        scorer.fit(train)
-        holdout_scores[name] = scorer.score(holdout)
-        synthetic_scores[name] = scorer.score(synthetic)
-        timings[name] = time.perf_counter() - t0
-        describe = getattr(scorer, "describe", None)
-        descriptions[name] = describe() if callable(describe) else {"name": name}
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    scores, timings, descriptions = score_sets(scorers, train, {"holdout": holdout, "synthetic": synthetic},
+                                               progress)
+    return assemble_audit(list(scorers), scores["holdout"], scores["synthetic"], quantile, combination, timings,
+                          descriptions)
 
-    combiner = COMBINERS[combination]().fit({n: s.scores for n, s in holdout_scores.items()})
-    combined_holdout, _ = combiner.combine({n: s.scores for n, s in holdout_scores.items()})
-    combined_synthetic, decisive = combiner.combine({n: s.scores for n, s in synthetic_scores.items()})
-    names = list(scorers)
-    nearest_by_scorer = np.stack([synthetic_scores[n].nearest for n in names], axis=1)
-    nearest = nearest_by_scorer[np.arange(len(decisive)), decisive]
 
-    calibrations = {n: calibrate(n, holdout_scores[n].scores, synthetic_scores[n].scores, quantile) for n in names}
-    calibrations[COMBINED] = calibrate(COMBINED, combined_holdout, combined_synthetic, quantile)
-    descriptions[COMBINED] = combiner.describe()
-    return ReplicaAudit(scorers=names, holdout=holdout_scores, synthetic=synthetic_scores, combiner=combiner,
-                        combined_holdout=combined_holdout, combined_synthetic=combined_synthetic,
-                        nearest=nearest.astype(np.int64), decisive=[names[i] for i in decisive],
-                        calibrations=calibrations, timings=timings, descriptions=descriptions)
+def crossfit_flagged_share(holdout_scores: dict[str, np.ndarray], quantile: float,
+                           combination: str = DEFAULT_COMBINATION, seed: int = 0) -> Estimate | None:
+    """The whole rule (combiner and threshold) fitted on one random half of the holdout and applied to the other,
+    both ways; the pooled share of held-out images flagged, Wilson CI. An honest estimate of how often the
+    rule flags a genuinely new image (at half the calibration size), unlike the in-sample share (≈ 1 − q by
+    construction). None when the holdout has fewer than 4 images."""
+    n = len(next(iter(holdout_scores.values())))
+    if n < 4:
+        return None
+    order = np.random.default_rng(seed).permutation(n)
+    halves = (order[: n // 2], order[n // 2:])
+    flagged = 0
+    for fit_rows, test_rows in (halves, halves[::-1]):
+        combiner = make_combiner(combination).fit({s: v[fit_rows] for s, v in holdout_scores.items()})
+        null, _ = combiner.combine({s: v[fit_rows] for s, v in holdout_scores.items()})
+        threshold = float(np.quantile(null, quantile))
+        test, _ = combiner.combine({s: v[test_rows] for s, v in holdout_scores.items()})
+        flagged += int((test > threshold).sum())
+    estimate = rate_estimate(flagged, n, higher_is_better=False)
+    return Estimate(estimate.value, estimate.ci_low, estimate.ci_high, estimate.n, False,
+                    estimate.method + ", cross-fitted on holdout halves")
+
+
+def gate_exceeded(flagged: Estimate, gate: float) -> bool:
+    """True when the flagged share is significantly above `gate` (its CI lower bound exceeds it)."""
+    return bool(flagged.ci_low == flagged.ci_low and flagged.ci_low > gate)
+
+
+# --------------------------------------------------------------------------------------------- provenance
+
+
+@functools.lru_cache(maxsize=1)
+def suite_provenance() -> dict[str, Any]:
+    """The suite's version and, when run from a git checkout, its commit (and whether files differ from it)."""
+    import audit
+
+    root = Path(__file__).resolve().parents[2]
+    out: dict[str, Any] = {"version": audit.__version__, "git_commit": None, "git_dirty": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10)
+            out["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def audit_summary(audit: ReplicaAudit, names: dict[str, list[str]], pair_ssim: np.ndarray,
+                  parameters: dict[str, Any]) -> dict[str, Any]:
+    """What replicas.json holds: provenance, parameters, every scorer's full description and calibration, the
+    combination (rule, weights, tail fits), the flagged shares and the top pairs."""
+    summary: dict[str, Any] = {
+        "suite": suite_provenance(),
+        "parameters": {**parameters, "scorers": audit.scorers,
+                       "threshold_rule": "score > q-quantile of holdout->train scores"},
+        "calibration": {"n_train": len(names["train"]), "n_holdout": len(audit.combined_holdout),
+                        "n_synthetic": len(audit.combined_synthetic),
+                        "holdout_images_above_threshold_expected": (1 - parameters["quantile"])
+                        * len(audit.combined_holdout)},
+        "scorers": {n: {**audit.calibrations[n].to_dict(), "describe": audit.descriptions.get(n),
+                        "seconds": round(audit.timings.get(n, 0.0), 3)} for n in audit.scorers},
+        "combined": {**audit.calibrations[COMBINED].to_dict(), "describe": audit.descriptions[COMBINED]},
+        "flagged": audit.flagged.to_dict(),
+        "holdout_flagged_crossfit": audit.holdout_crossfit.to_dict() if audit.holdout_crossfit else None,
+        "top_pairs": [],
+    }
+    for q in np.argsort(-audit.combined_synthetic, kind="stable")[:20]:
+        pair = {"synthetic": names["synthetic"][q], "nearest_train": names["train"][audit.nearest[q]],
+                "score": float(audit.combined_synthetic[q]), "is_replica": bool(audit.is_replica[q]),
+                "decided_by": audit.decisive[q], "pair_ssim": float(pair_ssim[q])}
+        region = audit.region(q)
+        if region is not None:
+            pair["region"] = {"scorer": region[0], "synthetic_box": region[1].tolist(),
+                              "train_box": region[2].tolist()}
+        summary["top_pairs"].append(pair)
+    return summary
 
 
 # --------------------------------------------------------------------------------------------- folders
@@ -135,7 +265,8 @@ def _fmt(value: float) -> str:
 
 
 def write_csv(path: Path, audit: ReplicaAudit, synthetic_names: list[str], train_names: list[str]) -> None:
-    with open(path, "w", newline="") as fh:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["synthetic", "nearest_train", "score", "is_replica", *audit.scorers])
         flagged = audit.is_replica
@@ -143,77 +274,69 @@ def write_csv(path: Path, audit: ReplicaAudit, synthetic_names: list[str], train
             writer.writerow([name, train_names[audit.nearest[i]], _fmt(audit.combined_synthetic[i]),
                              "true" if flagged[i] else "false",
                              *(_fmt(audit.synthetic[s].scores[i]) for s in audit.scorers)])
+    tmp.replace(path)
 
 
-def run_folder_audit(train_dir: str | Path, holdout_dir: str | Path, synthetic_dir: str | Path,
-                     out_dir: str | Path, scorer_names: list[str], quantile: float = 0.99,
-                     labels_csv: str | Path | None = None, deepssim_checkpoint: str | Path | None = None,
-                     device: str = "cpu", batch_size: int = 64, top_pairs: int = 8, seed: int = 0) -> dict:
-    """Everything `audit replicas` does; returns the JSON summary it wrote."""
+def write_outputs(out_dir: Path, audit: ReplicaAudit, arrays: dict[str, Any], names: dict[str, list[str]],
+                  parameters: dict[str, Any], labels: dict[str, bool] | None = None, top_pairs: int = 8,
+                  batch_size: int = 64, extra: dict[str, Any] | None = None,
+                  pair_ssim: np.ndarray | None = None) -> dict[str, Any]:
+    """replicas.csv, replicas.json, pairs.png, histograms.png in `out_dir`; returns the JSON summary.
+    `arrays` needs "synthetic" and "train" (the pairs' images; arrays, or anything indexable like them);
+    `pair_ssim` is computed from them when not given."""
     from attacks.replicas.plots import plot_histograms, plot_top_pairs
+    from audit.jsonio import write_json_atomic
 
-    check_quantile(quantile)
-    if batch_size < 1:
-        raise AuditInputError(None, f"--batch-size must be >= 1, got {batch_size}")
-    if deepssim_checkpoint is not None and not Path(deepssim_checkpoint).exists():
-        raise AuditInputError(deepssim_checkpoint, "DeepSSIM checkpoint not found")
-    train_dir, holdout_dir, synthetic_dir, out_dir = map(Path, (train_dir, holdout_dir, synthetic_dir, out_dir))
-    # scorers are built (and their parameters validated, checkpoints loaded) before any image is read
-    options = {"device": device, "batch_size": batch_size, "seed": seed}
-    scorers = {name: make_scorer(name, **options, **({"checkpoint": deepssim_checkpoint} if name == "deepssim"
-                                                     else {}))
-               for name in scorer_names}
-    arrays, names, shape = load_folders(train_dir, holdout_dir, synthetic_dir)
-    labels = read_labels_csv(labels_csv, names["synthetic"]) if labels_csv else None
-
-    audit = audit_arrays(scorers, arrays["train"], arrays["holdout"], arrays["synthetic"], quantile, progress=True)
-
-    pair_ssim = chosen_pair_ssim(arrays["synthetic"], arrays["train"], audit.nearest, batch_size)
+    if pair_ssim is None:
+        pair_ssim = chosen_pair_ssim(arrays["synthetic"], arrays["train"], audit.nearest, batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"csv": "replicas.csv", "json": "replicas.json", "pairs": "pairs.png", "histograms": "histograms.png"}
     write_csv(out_dir / files["csv"], audit, names["synthetic"], names["train"])
     plot_top_pairs(out_dir / files["pairs"], arrays["synthetic"], arrays["train"], audit, names["synthetic"],
                    names["train"], top=top_pairs, pair_ssim=pair_ssim)
     plot_histograms(out_dir / files["histograms"], audit)
-
-    summary: dict[str, Any] = {
-        "parameters": {"train": str(train_dir), "holdout": str(holdout_dir), "synthetic": str(synthetic_dir),
-                       "n_train": len(arrays["train"]), "n_holdout": len(arrays["holdout"]),
-                       "n_synthetic": len(arrays["synthetic"]), "shape": list(shape), "scorers": audit.scorers,
-                       "quantile": quantile, "threshold_rule": "score > q-quantile of holdout->train scores",
-                       "deepssim": str(deepssim_checkpoint) if deepssim_checkpoint else None,
-                       "labels": str(labels_csv) if labels_csv else None, "device": device,
-                       "batch_size": batch_size, "seed": seed},
-        "scorers": {n: {**audit.calibrations[n].to_dict(), "describe": audit.descriptions.get(n),
-                        "seconds": round(audit.timings.get(n, 0.0), 3)} for n in audit.scorers},
-        "combined": {**audit.calibrations[COMBINED].to_dict(), "describe": audit.descriptions[COMBINED]},
-        "flagged": audit.calibrations[COMBINED].synthetic_flagged.to_dict(),
-        "top_pairs": [{"synthetic": names["synthetic"][q], "nearest_train": names["train"][audit.nearest[q]],
-                       "score": float(audit.combined_synthetic[q]), "is_replica": bool(audit.is_replica[q]),
-                       "decided_by": audit.decisive[q], "pair_ssim": float(pair_ssim[q])}
-                      for q in np.argsort(-audit.combined_synthetic, kind="stable")[:20]],
-        "files": files,
-    }
+    summary = audit_summary(audit, names, pair_ssim, parameters)
+    summary["files"] = files
+    summary.update(extra or {})
     if labels is not None:
         index = {name: i for i, name in enumerate(names["synthetic"])}
         rows = np.array([index[f] for f in labels])
         truth = np.array(list(labels.values()), dtype=bool)
         summary["labels"] = {n: label_metrics(truth, audit.synthetic_scores(n)[rows], audit.calibrations[n].threshold)
                              for n in [*audit.scorers, COMBINED]}
-    with open(out_dir / files["json"], "w") as fh:
-        json.dump(without_nan(summary), fh, indent=2, default=_json_default, allow_nan=False)
+    write_json_atomic(out_dir / files["json"], summary)
     return summary
 
 
-def without_nan(obj):
-    """NaN/inf → null, so the JSON is valid for every reader."""
-    if isinstance(obj, dict):
-        return {k: without_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [without_nan(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
-        return None
-    return obj
+def run_folder_audit(train_dir: str | Path, holdout_dir: str | Path, synthetic_dir: str | Path,
+                     out_dir: str | Path, scorer_names: list[str], quantile: float = 0.99,
+                     labels_csv: str | Path | None = None, options: dict[str, dict[str, Any]] | None = None,
+                     runtime=None, top_pairs: int = 8, gate: float = DEFAULT_GATE, preset: str | None = None) -> dict:
+    """Everything `audit replicas` does; returns the JSON summary it wrote."""
+    from attacks.replicas.registry import build_scorers
+    from audit.registry import Runtime
+
+    check_quantile(quantile)
+    runtime = runtime or Runtime()
+    if runtime.batch_size < 1:
+        raise AuditInputError(None, f"--batch-size must be >= 1, got {runtime.batch_size}")
+    if not 0.0 <= gate < 1.0:
+        raise AuditInputError(None, f"--gate must be in [0, 1), got {gate}")
+    train_dir, holdout_dir, synthetic_dir, out_dir = map(Path, (train_dir, holdout_dir, synthetic_dir, out_dir))
+    # scorers are built (parameters validated, checkpoints loaded) before any image is read
+    scorers = build_scorers(scorer_names, options, runtime.with_(progress=True))
+    arrays, names, shape = load_folders(train_dir, holdout_dir, synthetic_dir)
+    labels = read_labels_csv(labels_csv, names["synthetic"]) if labels_csv else None
+
+    audit = audit_arrays(scorers, arrays["train"], arrays["holdout"], arrays["synthetic"], quantile, progress=True)
+    parameters = {"train": str(train_dir), "holdout": str(holdout_dir), "synthetic": str(synthetic_dir),
+                  "shape": list(shape), "preset": preset, "quantile": quantile, "options": options or {},
+                  "labels": str(labels_csv) if labels_csv else None, "gate": gate,
+                  "runtime": {"device": runtime.device, "batch_size": runtime.batch_size, "seed": runtime.seed}}
+    gate_result = {"gate": {"value": gate, "rule": "exit 1 when the flagged share's Wilson 95% lower bound exceeds it",
+                            "exceeded": gate_exceeded(audit.flagged, gate)}}
+    return write_outputs(out_dir, audit, arrays, names, parameters, labels, top_pairs, runtime.batch_size,
+                         extra=gate_result)
 
 
 def chosen_pair_ssim(synthetic: np.ndarray, train: np.ndarray, nearest: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -227,13 +350,3 @@ def chosen_pair_ssim(synthetic: np.ndarray, train: np.ndarray, nearest: np.ndarr
         best = np.maximum(best, ssim(np.ascontiguousarray(np.flip(synthetic, axis=axis)), partners,
                                      batch_size=batch_size))
     return best
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -21,16 +21,27 @@ def _pyplot():
     return plt
 
 
-def middle_slice(image: np.ndarray) -> np.ndarray:
-    return image[image.shape[0] // 2] if image.ndim == 3 else image
+def middle_slice(image: np.ndarray, at: int | None = None) -> np.ndarray:
+    """A 2D view: the image itself, or (3D) the slice `at` (default the middle one) along the first axis."""
+    return image[image.shape[0] // 2 if at is None else at] if image.ndim == 3 else image
 
 
 def _short(name: str, limit: int = 28) -> str:
     return name if len(name) <= limit else "…" + name[-(limit - 1):]
 
 
+def _draw_box(ax, box: np.ndarray, colour: str) -> None:
+    """A (2, ndim) (start, stop) box as a rectangle on a 2D view (3D: its last two axes)."""
+    from matplotlib.patches import Rectangle
+
+    (r0, c0), (r1, c1) = box[0, -2:], box[1, -2:]
+    ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor=colour, linewidth=1.5))
+
+
 def plot_top_pairs(path: Path, synthetic: np.ndarray, train: np.ndarray, audit, synthetic_names: list[str],
                    train_names: list[str], top: int = 8, pair_ssim: np.ndarray | None = None) -> None:
+    """The top pairs side by side; where a local scorer matched a region of the pair, that region is outlined in
+    both images (3D: the slices through the regions' centres)."""
     plt = _pyplot()
     order = np.argsort(-audit.combined_synthetic, kind="stable")[:top]
     fig, axes = plt.subplots(len(order), 2, figsize=(6, 3 * len(order)), squeeze=False)
@@ -40,11 +51,21 @@ def plot_top_pairs(path: Path, synthetic: np.ndarray, train: np.ndarray, audit, 
         flag = "REPLICA" if audit.is_replica[q] else "not flagged"
         if pair_ssim is not None:
             flag += f", pair SSIM {pair_ssim[q]:.3f}"
-        axes[row, 0].imshow(middle_slice(synthetic[q]), cmap="gray", vmin=0, vmax=1)
+        region = audit.region(q)
+        image_q, image_t = synthetic[q], train[t]
+        at_q = at_t = None
+        if region is not None and image_q.ndim == 3:
+            at_q, at_t = (int(box[:, 0].mean()) for box in region[1:])
+        axes[row, 0].imshow(middle_slice(image_q, at_q), cmap="gray", vmin=0, vmax=1)
         axes[row, 0].set_title(f"synthetic {_short(synthetic_names[q])}\ncombined {audit.combined_synthetic[q]:.2f} "
                                f"({flag})", fontsize=8)
-        axes[row, 1].imshow(middle_slice(train[t]), cmap="gray", vmin=0, vmax=1)
-        axes[row, 1].set_title(f"train {_short(train_names[t])}\n{per_scorer}", fontsize=8)
+        axes[row, 1].imshow(middle_slice(image_t, at_t), cmap="gray", vmin=0, vmax=1)
+        title = f"train {_short(train_names[t])}\n{per_scorer}"
+        if region is not None:
+            _draw_box(axes[row, 0], region[1], "red")
+            _draw_box(axes[row, 1], region[2], "red")
+            title += f"\nred: region matched by {region[0]}"
+        axes[row, 1].set_title(title, fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
     fig.tight_layout()

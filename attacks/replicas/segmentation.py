@@ -34,12 +34,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from pydantic import Field
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from attacks.replicas.base import ReplicaScores, query_array, training_array
+from attacks.replicas.base import ReplicaScores, ScorerBase, query_array, training_array
 from audit.errors import AuditInputError
 from audit.features import Encoder, resize_to
+from audit.registry import Params, Registry, Runtime
 
 DENSE, LESION = 1, 2
 
@@ -168,20 +170,60 @@ class QuantileTissueSegmenter:
             np.zeros(images.shape, np.uint8)
 
 
-SEGMENTERS = {"mammo-classical": ClassicalMammoSegmenter, "tissue-quantiles": QuantileTissueSegmenter}
+class ClassicalParams(Params):
+    lesion_z: float = Field(5.0, gt=0, description="robust z-score above which a compact blob is a lesion")
+
+
+class QuantileParams(Params):
+    n_classes: int = Field(3, ge=1, description="foreground intensity classes")
+
+
+class UNetParams(Params):
+    checkpoint: str = Field(..., min_length=1, description="folder written by save_unet_segmenter")
+
+
+def mammo_classical_segmenter(params: ClassicalParams, runtime: Runtime) -> ClassicalMammoSegmenter:
+    return ClassicalMammoSegmenter(params.lesion_z)
+
+
+def tissue_quantiles_segmenter(params: QuantileParams, runtime: Runtime) -> QuantileTissueSegmenter:
+    return QuantileTissueSegmenter(params.n_classes)
+
+
+def unet_segmenter(params: UNetParams, runtime: Runtime) -> "UNetSegmenter":
+    return load_unet_segmenter(params.checkpoint)
+
+
+mammo_classical_segmenter.Params = ClassicalParams
+tissue_quantiles_segmenter.Params = QuantileParams
+unet_segmenter.Params = UNetParams
+
+# segmenters by name (the suite's one registry pattern); "auto" picks by image dimension
+SEGMENTERS: Registry[Segmenter] = Registry("segmenter")
+SEGMENTERS.register("mammo-classical", mammo_classical_segmenter, "2D: breast, dense tissue, lesions (classical)")
+SEGMENTERS.register("tissue-quantiles", tissue_quantiles_segmenter, "2D/3D: foreground intensity classes")
+SEGMENTERS.register("unet", unet_segmenter, "2D: a U-Net trained with train_unet_segmenter (checkpoint folder)")
+AUTO_SEGMENTER = {2: "mammo-classical", 3: "tissue-quantiles"}
+
+
+def parse_segmenter_spec(spec: str, ndim: int | None = None) -> tuple[str, dict]:
+    """'auto' → the dimension's default (None when ndim is not known yet); 'unet:<folder>' → ('unet',
+    {'checkpoint': folder}); other names as they are. Unknown names are input errors."""
+    if spec.startswith("unet:"):
+        return "unet", {"checkpoint": spec.partition(":")[2]}
+    if spec == "auto":
+        return (AUTO_SEGMENTER[ndim] if ndim is not None else "auto"), {}
+    if spec not in SEGMENTERS or spec == "unet":
+        raise AuditInputError(None, f"unknown segmenter '{spec}' (known: auto, mammo-classical, tissue-quantiles, "
+                                    f"unet:<checkpoint>)")
+    return spec, {}
 
 
 def make_segmenter(name: str = "auto", ndim: int = 2) -> Segmenter:
     """A segmenter by name; "auto" = mammo-classical for 2D images, tissue-quantiles for volumes;
     "unet:<checkpoint folder>" = a U-Net trained with `train_unet_segmenter`."""
-    if name.startswith("unet:"):
-        return load_unet_segmenter(name.partition(":")[2])
-    if name == "auto":
-        name = "mammo-classical" if ndim == 2 else "tissue-quantiles"
-    if name not in SEGMENTERS:
-        raise AuditInputError(None, f"unknown segmenter '{name}' (known: auto, {', '.join(SEGMENTERS)}, "
-                                    f"unet:<checkpoint>)")
-    return SEGMENTERS[name]()
+    resolved, options = parse_segmenter_spec(name, ndim)
+    return SEGMENTERS.create(resolved, options)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -332,23 +374,38 @@ def downsample_for_shortlist(images: np.ndarray, side: int) -> np.ndarray:
     return resize_to(x, target).squeeze(1).reshape(len(images), -1).numpy()
 
 
-class SegmentationScorer:
+class SegmentationParams(Params):
+    segmenter: str = Field("auto", description="auto, mammo-classical, tissue-quantiles or unet:<checkpoint>")
+    k: int = Field(10, ge=1, description="training images shortlisted per query and orientation")
+    shortlist_side: int = Field(32, ge=4, description="side of the downsampled images of the NCC shortlist")
+    flips: bool = True
+
+
+class SegmentationScorer(ScorerBase):
     """Best multi-class Dice between the query's segmentation and those of its k shortlisted training images.
 
-    The training masks are computed once at fit and kept (uint8, one byte per pixel).
+    The training masks are computed once at fit and kept (uint8, one byte per pixel). A ready `segmenter` or a
+    `shortlist_encoder` can be injected; otherwise the segmenter comes from the Params (a U-Net checkpoint loads
+    at construction, so a bad one fails before any work).
     """
 
     name = "segmentation"
+    level = "segmentation (RELICT segmentation level, re-implementation)"
+    Params = SegmentationParams
 
-    def __init__(self, segmenter: Segmenter | None = None, shortlist_encoder: Encoder | None = None, k: int = 10,
-                 shortlist_side: int = 32, flips: bool = True):
-        if k < 1:
-            raise AuditInputError(None, f"segmentation scorer: k must be >= 1, got {k}")
+    def __init__(self, params: SegmentationParams | None = None, runtime: Runtime | None = None, *,
+                 segmenter: Segmenter | None = None, shortlist_encoder: Encoder | None = None):
+        super().__init__(params, runtime)
+        p = self.params
+        if segmenter is None and p.segmenter != "auto":
+            segmenter = make_segmenter(p.segmenter)
+        elif segmenter is None:
+            parse_segmenter_spec(p.segmenter)
         self.segmenter = segmenter  # None: chosen by the image dimension at fit ("auto")
         self.shortlist_encoder = shortlist_encoder
-        self.k = k
-        self.shortlist_side = shortlist_side
-        self.flips = flips  # also search the query mirrored along each axis (as the voxel scorers do)
+        self.k = p.k
+        self.shortlist_side = p.shortlist_side
+        self.flips = p.flips  # also search the query mirrored along each axis (as the voxel scorers do)
         self.train_masks: np.ndarray | None = None
         self.train_vectors: np.ndarray | None = None
 
@@ -366,15 +423,14 @@ class SegmentationScorer:
         return self
 
     def score(self, queries: np.ndarray) -> ReplicaScores:
-        from attacks.replicas.deepssim import orientations
-        from attacks.replicas.voxel import best_per_reference
+        from attacks.replicas.voxel import merge_orientations, orientations
         from audit.search import topk_similarity
 
         queries = query_array("segmentation", queries,
                               None if self.train_masks is None else self.train_masks.shape[1:])
         metric = "cosine" if self.shortlist_encoder is not None else "ncc"
         query_masks = self.segmenter.segment(queries)
-        dice_parts, index_parts = [], []
+        parts = []
         for axes in orientations(queries.ndim - 1, self.flips):
             oriented = np.ascontiguousarray(np.flip(queries, axis=axes)) if axes else queries
             # the classical segmenters are mirror-equivariant, so the mirrored query's mask is the mirrored mask;
@@ -386,30 +442,13 @@ class SegmentationScorer:
             else:
                 masks = self.segmenter.segment(oriented)
             _, index = topk_similarity(self._vectors(oriented), self.train_vectors, k=self.k, metric=metric)
-            dice_parts.append(np.stack([dice_against(masks[i], self.train_masks[index[i]])
-                                        for i in range(len(queries))]) if len(queries)
-                              else np.zeros((0, index.shape[1])))
-            index_parts.append(index)
-        dice, index = np.concatenate(dice_parts, axis=1), np.concatenate(index_parts, axis=1)
-        order = np.argsort(-dice, axis=1, kind="stable")  # ties keep orientation, then shortlist order
-        dice, index = np.take_along_axis(dice, order, 1), np.take_along_axis(index, order, 1)
-        dice, index = best_per_reference(dice, index, min(self.k, len(self.train_masks)))
-        return ReplicaScores(dice[:, 0].copy(), index[:, 0].astype(np.int64), dice, index)
+            dice = (np.stack([dice_against(masks[i], self.train_masks[index[i]]) for i in range(len(queries))])
+                    if len(queries) else np.zeros((0, index.shape[1])))
+            parts.append((dice, index))
+        return merge_orientations(parts, min(self.k, len(self.train_masks)))
 
-    def describe(self) -> dict:
-        return {"name": self.name, "k": self.k, "segmenter": getattr(self.segmenter, "name", "auto"),
+    def components(self) -> dict:
+        return {"level": self.level, "segmenter": getattr(self.segmenter, "name", "auto (by image dimension)"),
                 "shortlist": "encoder cosine" if self.shortlist_encoder is not None else
                 f"NCC at <= {self.shortlist_side} px",
                 "orientations": "as is + mirrored along each axis" if self.flips else "as is"}
-
-
-def make_scorer(segmenter: str = "auto", k: int = 10, shortlist_side: int = 32,
-                flips: bool = True) -> SegmentationScorer:
-    """The segmentation scorer by parameters (what the CLI calls); names are validated before any work."""
-    if segmenter != "auto" and segmenter not in SEGMENTERS and not segmenter.startswith("unet:"):
-        raise AuditInputError(None, f"unknown segmenter '{segmenter}' (known: auto, {', '.join(SEGMENTERS)}, "
-                                    f"unet:<checkpoint>)")
-    if shortlist_side < 4:
-        raise AuditInputError(None, f"segmentation scorer: shortlist_side must be >= 4, got {shortlist_side}")
-    chosen = None if segmenter == "auto" else make_segmenter(segmenter)  # a U-Net checkpoint loads now
-    return SegmentationScorer(segmenter=chosen, k=k, shortlist_side=shortlist_side, flips=flips)

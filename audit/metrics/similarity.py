@@ -1,4 +1,7 @@
-"""Image similarity for paired batches, 2D (N, H, W) and 3D (N, D, H, W): NCC and SSIM.
+"""Image similarity for paired batches, 2D (N, H, W) and 3D (N, D, H, W): NCC and SSIM — the suite's one
+z-score (`zscore`), one NCC of a query against its candidates (`ncc_against`; `audit.search` does the same for
+the top-k search through `zscore`) and one FFT masked correlation (`MaskedCorrelation`, behind the shift-, zoom-
+and registration-tolerant NCCs).
 
 - NCC: Pearson correlation of the two images' voxels = mean of the product of the per-image z-scored images
   (intensity-normalised, so invariant to affine intensity changes). A constant image has NCC 0.
@@ -37,13 +40,28 @@ def _check_pairs(a: torch.Tensor, b: torch.Tensor) -> int:
     return spatial_dims
 
 
+def zscore(x: torch.Tensor, start_dim: int = 1, eps: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """THE per-item z-score of the suite: each item of `x` centred and divided by its population std over the axes
+    from `start_dim` on (times `scale`).
+
+    eps = 0 (similarity measures): an item with no spread becomes zeros (its NCC with anything is 0). eps > 0 (what
+    encoders feed their networks): (x − mean) / (std + eps), finite for flat inputs. `scale` = √d turns the dot
+    product of two flattened z-scored rows into their NCC (`audit.search.normalise_rows`)."""
+    dims = tuple(range(start_dim, x.ndim))
+    if eps > 0:
+        mean = x.mean(dim=dims, keepdim=True)
+        std = x.std(dim=dims, keepdim=True, unbiased=False)
+        return (x - mean) / (std * scale + eps)
+    flat = x.reshape(*x.shape[:start_dim], -1)
+    centred = flat - flat.mean(dim=-1, keepdim=True)
+    spread = centred.pow(2).mean(dim=-1, keepdim=True).sqrt() * scale
+    z = torch.where(spread > 0, centred / spread.clamp_min(1e-30), torch.zeros_like(centred))
+    return z.reshape(x.shape)
+
+
 def zscore_images(images: torch.Tensor) -> torch.Tensor:
     """Per-image z-score over all voxels (population std); constant images become zeros."""
-    flat = images.reshape(images.shape[0], -1)
-    centred = flat - flat.mean(dim=1, keepdim=True)
-    std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
-    z = torch.where(std > 0, centred / std.clamp_min(1e-30), torch.zeros_like(centred))
-    return z.reshape(images.shape)
+    return zscore(images, 1)
 
 
 @torch.no_grad()
@@ -53,6 +71,24 @@ def ncc(a, b, device: str | torch.device = "cpu", dtype=torch.float64) -> np.nda
     _check_pairs(a, b)
     za, zb = zscore_images(a).reshape(len(a), -1), zscore_images(b).reshape(len(b), -1)
     return (za * zb).mean(dim=1).cpu().numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def ncc_against(queries, candidates, device: str | torch.device = "cpu") -> np.ndarray:
+    """NCC of each query with each of its k candidates: queries (B, *S), candidates (B, k, *S) → (B, k) float64.
+    Z-scored rows scaled by 1/√d and one batched dot product per query (the query is never repeated k times)."""
+    q = _as_tensor(queries, torch.float32, device)
+    c = _as_tensor(candidates, torch.float32, device)
+    _check_candidates(q, c)
+    d = int(np.prod(q.shape[1:]))
+    zq = zscore(q.reshape(len(q), -1), 1, scale=float(np.sqrt(d)))
+    zc = zscore(c.reshape(c.shape[0] * c.shape[1], -1), 1, scale=float(np.sqrt(d))).reshape(c.shape[0], c.shape[1], -1)
+    return torch.bmm(zc, zq.unsqueeze(2)).squeeze(2).double().cpu().numpy()
+
+
+def _check_candidates(q: torch.Tensor, c: torch.Tensor) -> None:
+    if c.ndim != q.ndim + 1 or c.shape[0] != q.shape[0] or c.shape[2:] != q.shape[1:]:
+        raise ValueError(f"candidates {tuple(c.shape)} must be (B, k, *query shape) for queries {tuple(q.shape)}")
 
 
 def gaussian_taps(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype=torch.float32) -> torch.Tensor:
@@ -137,8 +173,7 @@ def ssim_against(queries, candidates, data_range: float = 1.0, window: int = SSI
     computes them with the same stride, when a caller has them cached; a pair then costs one filtered image."""
     q = _as_tensor(queries, dtype, device)
     c = _as_tensor(candidates, dtype, device)
-    if c.ndim != q.ndim + 1 or c.shape[0] != q.shape[0] or c.shape[2:] != q.shape[1:]:
-        raise ValueError(f"candidates {tuple(c.shape)} must be (B, k, *query shape) for queries {tuple(q.shape)}")
+    _check_candidates(q, c)
     _check_pairs(q, q)
     n_q, k = c.shape[:2]
     win = ssim_window(tuple(q.shape[1:]), window)
@@ -182,69 +217,80 @@ def candidate_moments_of(images, window: int = SSIM_WINDOW, sigma: float = SSIM_
     return torch.cat(parts)
 
 
+class MaskedCorrelation:
+    """THE masked normalised cross-correlation of the suite (Padfield 2012), by FFT: the NCC of the *overlapping*
+    voxels of two images for every integer translation up to `max_shift` × side along each axis.
+
+    With zero padding of `limit` voxels per axis the correlations are linear (no wrap-around) for the shifts
+    searched; the overlap's sums Σa, Σa², Σb, Σb², Σab come from five correlations, so every shift is the exact NCC
+    of the overlap. Each image is centred first, which keeps the sums small and the float32 differences accurate.
+    A query's spectrum and sums (`side`) are computed once and reused for all its candidates and poses."""
+
+    def __init__(self, spatial: tuple[int, ...], max_shift: float = 0.1, device: str | torch.device = "cpu"):
+        from scipy.fft import next_fast_len
+
+        self.spatial = tuple(spatial)
+        self.device = device
+        self.dims = tuple(range(1, len(self.spatial) + 1))
+        limits = [min(int(round(max_shift * s)), s - 1) for s in self.spatial]
+        # any length >= side + limit keeps the searched shifts free of wrap-around; a 2-3-5-smooth one is fast
+        self.padded = tuple(next_fast_len(s + lim, real=True) for s, lim in zip(self.spatial, limits))
+        self.index = [_shift_index(p, lim, device) for p, lim in zip(self.padded, limits)]
+        self.f_mask = self.fft(torch.ones((1, *self.spatial), dtype=torch.float32, device=device))
+        self.overlap = self.corr(self.f_mask, self.f_mask)  # voxels in the overlap, per shift
+
+    def fft(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-padded real FFT over the spatial axes."""
+        return torch.fft.rfftn(x, s=self.padded, dim=self.dims)
+
+    def corr(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """(a ⋆ b)(t) = Σ_x a(x + t) b(x), restricted to the searched shifts."""
+        out = torch.fft.irfftn(fa * fb.conj(), s=self.padded, dim=self.dims)
+        for axis, idx in enumerate(self.index, start=1):
+            out = out.index_select(axis, idx)
+        return out
+
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.reshape(len(x), -1).mean(1).reshape(-1, *[1] * len(self.spatial))
+
+    def side(self, images: torch.Tensor, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(spectrum, Σ over the overlap, centred Σ² over the overlap) of centred images, per shift. For the
+        query side (`reference=False`) the sums are of the query's voxels that overlap; for references, of theirs."""
+        x = self.centred(images)
+        fx = self.fft(x)
+        if reference:
+            sum_x, sum_xx = self.corr(self.f_mask, fx), self.corr(self.f_mask, self.fft(x * x))
+        else:
+            sum_x, sum_xx = self.corr(fx, self.f_mask), self.corr(self.fft(x * x), self.f_mask)
+        return fx, sum_x, (sum_xx - sum_x ** 2 / self.overlap).clamp_min(0)
+
+    def ncc(self, query, reference) -> torch.Tensor:
+        """NCC per shift of (query side, reference side) pairs of equal batch size → (B, *shifts)."""
+        fa, sum_a, var_a = query
+        fb, sum_b, var_b = reference
+        cov = self.corr(fa, fb) - sum_a * sum_b / self.overlap
+        var = var_a * var_b
+        return torch.where(var > 1e-12, cov / var.clamp_min(1e-30).sqrt(), torch.zeros_like(cov))
+
+
 def _shift_index(length: int, limit: int, device) -> torch.Tensor:
     """Positions of the shifts -limit..limit in a correlation of padded length `length` (negative ones wrap)."""
     return torch.tensor([(t + length) % length for t in range(-limit, limit + 1)], device=device)
 
 
-@torch.no_grad()
+def _identity(ndim: int) -> list[np.ndarray]:
+    return [np.eye(ndim)]
+
+
 def shift_ncc_against(queries, candidates, max_shift: float = 0.1, device: str | torch.device = "cpu",
                       batch_size: int = 64) -> np.ndarray:
     """Translation-tolerant NCC: for each query and each of its k candidates, the largest NCC over the region
-    where they overlap, over all integer translations of at most `max_shift` × side along every axis.
-    queries (B, *S), candidates (B, k, *S) → (B, k). Shift 0 is plain NCC, so the value is never below it.
-
-    Masked normalised cross-correlation by FFT (Padfield 2012): with zero padding of `limit` voxels per axis the
-    correlations are linear (no wrap-around) for the shifts searched; the overlap's sums Σa, Σa², Σb, Σb², Σab
-    come from five correlations, so every shift is exact NCC of the overlapping voxels."""
-    from scipy.fft import next_fast_len
-
-    q = _as_tensor(queries, torch.float32, device)
-    c = _as_tensor(candidates, torch.float32, device)
-    if c.ndim != q.ndim + 1 or c.shape[0] != q.shape[0] or c.shape[2:] != q.shape[1:]:
-        raise ValueError(f"candidates {tuple(c.shape)} must be (B, k, *query shape) for queries {tuple(q.shape)}")
-    spatial = tuple(q.shape[1:])
-    dims = tuple(range(1, len(spatial) + 1))
-    limits = [min(int(round(max_shift * s)), s - 1) for s in spatial]
-    # any length >= side + limit keeps the searched shifts free of wrap-around; a 2-3-5-smooth one is fast
-    padded = tuple(next_fast_len(s + lim, real=True) for s, lim in zip(spatial, limits))
-    index = [_shift_index(p, lim, device) for p, lim in zip(padded, limits)]
-
-    def fft(x):  # zero-padded real FFT over the spatial axes
-        return torch.fft.rfftn(x, s=padded, dim=dims)
-
-    def corr(fa, fb):  # (a ⋆ b)(t) = Σ_x a(x + t) b(x), restricted to the searched shifts
-        out = torch.fft.irfftn(fa * fb.conj(), s=padded, dim=dims)
-        for axis, idx in enumerate(index, start=1):
-            out = out.index_select(axis, idx)
-        return out
-
-    f_mask = fft(torch.ones((1, *spatial), dtype=torch.float32, device=device))
-    overlap = corr(f_mask, f_mask)  # voxels in the overlap, per shift
-    out = np.empty((c.shape[0], c.shape[1]), dtype=np.float64)
-    n_q, k = c.shape[:2]
-    per_step = max(1, batch_size // k)
-    for start in range(0, n_q, per_step):
-        # centring each image first keeps the sums small, so the float32 differences below stay accurate
-        a = q[start:start + per_step]
-        a = a - a.reshape(len(a), -1).mean(1).reshape(-1, *[1] * len(spatial))
-        nb = len(a)
-        b = c[start:start + nb].reshape(nb * k, *spatial)
-        b = b - b.reshape(len(b), -1).mean(1).reshape(-1, *[1] * len(spatial))
-        fa, faa = fft(a), fft(a * a)
-        fb, fbb = fft(b), fft(b * b)
-
-        def rep(t):
-            return t.unsqueeze(1).expand(nb, k, *t.shape[1:]).reshape(nb * k, *t.shape[1:])
-
-        sum_a, sum_aa = rep(corr(fa, f_mask)), rep(corr(faa, f_mask))
-        sum_b, sum_bb = corr(f_mask, fb), corr(f_mask, fbb)
-        sum_ab = corr(rep(fa), fb)
-        cov = sum_ab - sum_a * sum_b / overlap
-        var = (sum_aa - sum_a ** 2 / overlap).clamp_min(0) * (sum_bb - sum_b ** 2 / overlap).clamp_min(0)
-        values = torch.where(var > 1e-12, cov / var.clamp_min(1e-30).sqrt(), torch.zeros_like(cov))
-        out[start:start + nb] = values.reshape(nb, k, -1).amax(dim=2).double().cpu().numpy()
-    return out
+    where they overlap, over all integer translations of at most `max_shift` × side along every axis
+    (`MaskedCorrelation`). queries (B, *S), candidates (B, k, *S) → (B, k). Shift 0 is plain NCC, so the value is
+    never below it. = `register_ncc_against` with the identity pose only."""
+    ndim = np.ndim(queries) - 1 if not isinstance(queries, torch.Tensor) else queries.ndim - 1
+    return register_ncc_against(queries, candidates, rotations=_identity(ndim), scales=(1.0,), max_shift=max_shift,
+                                device=device, batch_size=batch_size)
 
 
 def magnify_centre(images: torch.Tensor, factor: float | tuple[float, ...]) -> torch.Tensor:
@@ -261,20 +307,14 @@ def magnify_centre(images: torch.Tensor, factor: float | tuple[float, ...]) -> t
     return big[(slice(None),) + tuple(slice(a, a + s) for a, s in zip(starts, spatial))]
 
 
-@torch.no_grad()
 def zoom_shift_ncc_against(queries, candidates, scales: tuple[float, ...] = (1.0, 1.1, 1.2), max_shift: float = 0.1,
                            device: str | torch.device = "cpu", batch_size: int = 64) -> np.ndarray:
     """`shift_ncc_against` maximised also over magnifications of the candidate (a crop-and-resize copy shows a
-    magnified part of its source): queries (B, *S), candidates (B, k, *S) → (B, k); scale 1 is `shift_ncc`."""
-    q = _as_tensor(queries, torch.float32, device)
-    c = _as_tensor(candidates, torch.float32, device)
-    n_q, k = c.shape[:2]
-    best = None
-    for factor in scales:
-        zoomed = magnify_centre(c.reshape(n_q * k, *c.shape[2:]), factor).reshape(c.shape)
-        values = shift_ncc_against(q, zoomed, max_shift=max_shift, device=device, batch_size=batch_size)
-        best = values if best is None else np.maximum(best, values)
-    return best
+    magnified part of its source): queries (B, *S), candidates (B, k, *S) → (B, k); scale 1 is `shift_ncc`.
+    = `register_ncc_against` without rotations."""
+    ndim = np.ndim(queries) - 1 if not isinstance(queries, torch.Tensor) else queries.ndim - 1
+    return register_ncc_against(queries, candidates, rotations=_identity(ndim), scales=scales, max_shift=max_shift,
+                                device=device, batch_size=batch_size)
 
 
 def rotation_matrix(angle_deg: float, ndim: int, axis: int = 0) -> np.ndarray:
@@ -331,61 +371,31 @@ def register_ncc_against(queries, candidates, rotations: list[np.ndarray] | None
 
     Cost: the candidates' spectra and overlap sums are computed once per scale, the query's once per rotation;
     each (pair, pose) then costs one inverse FFT."""
-    from scipy.fft import next_fast_len
-
     q = _as_tensor(queries, torch.float32, device)
     c = _as_tensor(candidates, torch.float32, device)
-    if c.ndim != q.ndim + 1 or c.shape[0] != q.shape[0] or c.shape[2:] != q.shape[1:]:
-        raise ValueError(f"candidates {tuple(c.shape)} must be (B, k, *query shape) for queries {tuple(q.shape)}")
+    _check_candidates(q, c)
     spatial = tuple(q.shape[1:])
-    nd = len(spatial)
-    rotations = rotation_grid(nd) if rotations is None else rotations
-    dims = tuple(range(1, nd + 1))
-    limits = [min(int(round(max_shift * s)), s - 1) for s in spatial]
-    padded = tuple(next_fast_len(s + lim, real=True) for s, lim in zip(spatial, limits))
-    index = [_shift_index(p, lim, device) for p, lim in zip(padded, limits)]
-    ones = [1] * nd
-
-    def fft(x):
-        return torch.fft.rfftn(x, s=padded, dim=dims)
-
-    def corr(fa, fb):
-        out = torch.fft.irfftn(fa * fb.conj(), s=padded, dim=dims)
-        for axis, idx in enumerate(index, start=1):
-            out = out.index_select(axis, idx)
-        return out
-
-    def centred(x):
-        return x - x.reshape(len(x), -1).mean(1).reshape(-1, *ones)
-
-    f_mask = fft(torch.ones((1, *spatial), dtype=torch.float32, device=device))
-    overlap = corr(f_mask, f_mask)
+    rotations = rotation_grid(len(spatial)) if rotations is None else rotations
+    correlation = MaskedCorrelation(spatial, max_shift, device)
     n_q, k = c.shape[:2]
     out = np.full((n_q, k), -np.inf, dtype=np.float64)
     per_step = max(1, batch_size // k)
+
+    def repeat(t: torch.Tensor, nb: int) -> torch.Tensor:  # each query's tensor once per candidate
+        return t.unsqueeze(1).expand(nb, k, *t.shape[1:]).reshape(nb * k, *t.shape[1:])
+
     for start in range(0, n_q, per_step):
         a0 = q[start:start + per_step]
         nb = len(a0)
         # the query's side per rotation: spectrum and overlap sums (shared by its k candidates)
-        query_side = []
-        for matrix in rotations:
-            a = centred(rotate_images(a0, matrix))
-            fa = fft(a)
-            query_side.append((fa, corr(fa, f_mask), corr(fft(a * a), f_mask)))
+        query_sides = [tuple(repeat(t, nb) for t in correlation.side(rotate_images(a0, matrix)))
+                       for matrix in rotations]
         best = torch.full((nb, k), -float("inf"))
         for factor in scales:
-            b = centred(magnify_centre(c[start:start + nb].reshape(nb * k, *spatial), factor))
-            fb = fft(b)
-            sum_b, sum_bb = corr(f_mask, fb), corr(f_mask, fft(b * b))
-            var_b = (sum_bb - sum_b ** 2 / overlap).clamp_min(0)
-            for fa, sum_a, sum_aa in query_side:
-                sum_a_r = sum_a.unsqueeze(1).expand(nb, k, *sum_a.shape[1:]).reshape(nb * k, *sum_a.shape[1:])
-                sum_aa_r = sum_aa.unsqueeze(1).expand(nb, k, *sum_aa.shape[1:]).reshape(nb * k, *sum_aa.shape[1:])
-                fa_r = fa.unsqueeze(1).expand(nb, k, *fa.shape[1:]).reshape(nb * k, *fa.shape[1:])
-                sum_ab = corr(fa_r, fb)
-                cov = sum_ab - sum_a_r * sum_b / overlap
-                var = (sum_aa_r - sum_a_r ** 2 / overlap).clamp_min(0) * var_b
-                values = torch.where(var > 1e-12, cov / var.clamp_min(1e-30).sqrt(), torch.zeros_like(cov))
+            reference = correlation.side(magnify_centre(c[start:start + nb].reshape(nb * k, *spatial), factor),
+                                         reference=True)
+            for query in query_sides:
+                values = correlation.ncc(query, reference)
                 best = torch.maximum(best, values.reshape(nb, k, -1).amax(dim=2).cpu())
         out[start:start + nb] = best.double().numpy()
     return out

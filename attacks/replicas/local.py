@@ -1,0 +1,293 @@
+"""Local similarity (our extension): finds a *copied region* — part of a training image inside an otherwise new
+image, the kind of copy Somepalli et al. (CVPR 2023) found in Stable Diffusion outputs — that whole-image scorers
+miss, because the rest of the image is new.
+
+``ncc_local`` is a max-over-windows NCC, searched without the dense query × training × position scan:
+
+1. **windows**: every query is cut into windows of `window` (2D: 1/4 of each side, 3D: 3/8) on a grid of
+   `query_stride` (half a window); every training image into windows of the same size on a finer grid
+   (`train_stride`, an eighth of a window in 2D). Windows flatter than `min_std` are not used as queries: a flat
+   patch matches any flat patch;
+2. **shortlist**: each window is described by its area-downsampled, z-scored content (`descriptor_side`² or ³
+   values) and searched against all training windows with the exact chunked top-k (`audit.search`, NCC);
+3. **refine**: for each query window and each of its `k_windows` candidates, the full-resolution NCC of the
+   window with the training image at every offset within `refine_radius` of the candidate position (template
+   matching: the window lies wholly inside the training image);
+4. **score** = the best refined NCC of any window of the query; `nearest` = that training image, and the matched
+   region is reported as boxes in the query and in the training image (drawn in pairs.png).
+
+A whole-image copy is also a copy of each of its windows, so this scorer sees those too; its null on new images
+is the best chance match of one window among all training windows, which is why it is combined with the global
+scorers rather than used alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from attacks.replicas.base import ReplicaScores, ScorerBase, query_array, training_array
+from audit.metrics.similarity import zscore
+from audit.registry import Params, Runtime
+from audit.search import topk_similarity
+
+WINDOW_FRACTION = {2: 0.25, 3: 0.375}
+DESCRIPTOR_SIDE = {2: 8, 3: 4}
+DETAIL_SIGMA = {2: 2.0, 3: 1.0}
+TRAIN_STRIDE_FRACTION = {2: 0.125, 3: 0.25}  # of the window: the training grid's step
+REFINE_BATCH_BYTES = 32 * 2**20
+
+
+def grid_positions(length: int, window: int, stride: int) -> list[int]:
+    """Window starts along an axis: 0, stride, 2·stride, … and the last start (length − window) always."""
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def window_grid(shape: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...]) -> np.ndarray:
+    """(P, ndim) window starts of a regular grid over an image of `shape`."""
+    axes = [grid_positions(s, w, t) for s, w, t in zip(shape, window, stride)]
+    return np.array(list(itertools.product(*axes)), dtype=np.int64)
+
+
+def extract_windows(images: torch.Tensor, starts: np.ndarray, window: tuple[int, ...]) -> torch.Tensor:
+    """(B, *S) images, (P, ndim) starts → (B, P, *window)."""
+    return torch.stack([images[(slice(None),) + tuple(slice(a, a + w) for a, w in zip(start, window))]
+                        for start in starts], dim=1)
+
+
+def describe_windows(windows: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, P, *window) → (B·P, side^ndim) area-downsampled windows (the search z-scores them: NCC)."""
+    nd = windows.ndim - 2
+    flat = windows.reshape(-1, 1, *windows.shape[2:])
+    pool = F.adaptive_avg_pool2d if nd == 2 else F.adaptive_avg_pool3d
+    return pool(flat, (side,) * nd).reshape(flat.shape[0], -1)
+
+
+def box_sums(x: torch.Tensor, window: tuple[int, ...]) -> torch.Tensor:
+    """(B, *r) → (B, *(r − w + 1)): the sum over every window position, by cumulative sums (an integral image)."""
+    for axis, w in enumerate(window, start=1):
+        c = torch.cumsum(x, dim=axis)
+        c = torch.cat([torch.zeros_like(c.narrow(axis, 0, 1)), c], dim=axis)
+        x = c.narrow(axis, w, c.shape[axis] - w) - c.narrow(axis, 0, c.shape[axis] - w)
+    return x
+
+
+FLAT_TOLERANCE = 0.01  # intensity (of [0, 1]) within which a pixel counts as flat: about 2.5 grey levels of 8 bit
+
+
+def informative_windows(raw: torch.Tensor, detail: torch.Tensor, min_std: float, max_flat: float) -> np.ndarray:
+    """(Q, W, d) raw and detail windows → (Q, W) bool: worth searching. A window that is mostly flat (background)
+    or has no fine detail matches countless others by chance: flat background, or the halo a nearby edge leaves
+    in the detail image."""
+    flat = ((raw - raw.median(dim=2, keepdim=True).values).abs() < FLAT_TOLERANCE).float().mean(dim=2)
+    return ((detail.std(dim=2, unbiased=False) >= min_std) & (flat <= max_flat)).numpy()
+
+
+@torch.no_grad()
+def detail(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each item of (B, *S) minus its Gaussian low-pass (σ in px, taps to 3σ, borders reflected *at the item's own
+    border*): the fine texture a copied region keeps exactly, without the edges and ramps that any similar edge or
+    ramp matches by chance. Filtering each window (or region) on its own makes a copied window's detail identical
+    to its source's, whatever surrounds either. σ = 0: the items as they are."""
+    if not sigma:
+        return x
+    nd = x.ndim - 1
+    radius = max(1, int(np.ceil(3 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    taps = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    taps = taps / taps.sum()
+    conv = F.conv2d if nd == 2 else F.conv3d
+    low = x.unsqueeze(1)
+    for axis in range(nd):
+        pad = [0, 0] * nd
+        pad[2 * (nd - 1 - axis): 2 * (nd - 1 - axis) + 2] = [radius, radius]
+        shape = [1, 1] + [1] * nd
+        shape[2 + axis] = len(taps)
+        low = conv(F.pad(low, pad, mode="reflect"), taps.reshape(shape))
+    return x - low.squeeze(1)
+
+
+@torch.no_grad()
+def template_ncc(templates: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best NCC of each template over every position where it lies wholly inside its region (template matching).
+
+    templates (B, *w), regions (B, *r) with r ≥ w per axis → (best NCC (B,), offset of the best (B, ndim)).
+    The numerator is a grouped convolution with the centred template; the region's local sums come from box
+    filters, so no patch is materialised."""
+    nd = templates.ndim - 1
+    w = tuple(templates.shape[1:])
+    n, d = len(templates), int(np.prod(w))
+    conv = F.conv2d if nd == 2 else F.conv3d
+    t = templates.reshape(n, -1)
+    t = t - t.mean(dim=1, keepdim=True)
+    t_norm = t.norm(dim=1)
+    dot = conv(regions.unsqueeze(0), t.reshape(n, 1, *w), groups=n)[0]  # Σ t̃·R per offset (t̃ has zero mean)
+    # the region centred first keeps the float32 sums of squares accurate
+    r = regions - regions.reshape(n, -1).mean(dim=1).reshape(n, *[1] * nd)
+    total, total_sq = box_sums(r, w), box_sums(r * r, w)
+    spread = (total_sq - total * total / d).clamp_min(0).sqrt()  # ‖R_o − mean(R_o)‖ per offset
+    denominator = spread * t_norm.reshape(n, *[1] * nd)
+    values = torch.where(denominator > 1e-6, dot / denominator.clamp_min(1e-30), torch.zeros_like(dot))
+    best, where = values.reshape(n, -1).max(dim=1)
+    offsets = values.shape[1:]
+    offset = torch.stack([(where // int(np.prod(offsets[i + 1:]))) % offsets[i] for i in range(nd)], dim=1)
+    return best.clamp(-1.0, 1.0), offset
+
+
+class LocalParams(Params):
+    window: int | None = Field(None, ge=4, description="window side in px (None: 1/4 of the side in 2D, 3/8 in 3D)")
+    query_stride: int | None = Field(None, ge=1, description="query window step (None: half a window)")
+    train_stride: int | None = Field(None, ge=1, description="training window step (None: 1/8 of a window in 2D, "
+                                                             "1/4 in 3D)")
+    descriptor_side: int | None = Field(None, ge=2, description="downsampled window side of the shortlist "
+                                                                "(None: 8 in 2D, 4 in 3D)")
+    k_windows: int = Field(5, ge=1, description="training windows shortlisted per query window")
+    refine_radius: int | None = Field(None, ge=0, description="px searched around a candidate at full resolution "
+                                                              "(None: the training stride)")
+    detail_sigma: float | None = Field(None, ge=0, description="windows are compared as detail images (minus a "
+                                                                "Gaussian low-pass of this σ in px; None: 2 in 2D, "
+                                                                "1 in 3D; 0: raw)")
+    min_std: float = Field(0.01, ge=0, description="windows whose detail std is smaller are not searched")
+    max_flat: float = Field(0.5, ge=0, le=1, description="windows with a larger share of flat pixels (within 0.01 "
+                                                         "of the window's median) are not searched")
+
+
+class LocalNCCScorer(ScorerBase):
+    """``ncc_local``: the best full-resolution NCC of any window of the query with any window of a training image
+    (module docstring); reports the matched boxes."""
+
+    name = "ncc_local"
+    level = "local (our extension: copied regions)"
+    Params = LocalParams
+
+    def __init__(self, params: LocalParams | None = None, runtime: Runtime | None = None):
+        super().__init__(params, runtime)
+        self.train: np.ndarray | None = None
+        self.train_index: np.ndarray | None = None  # (N·P, d) window descriptors
+        self.train_starts: np.ndarray | None = None  # (P, ndim)
+
+    def geometry(self, shape: tuple[int, ...]) -> dict[str, Any]:
+        """Window, strides, descriptor side and refine radius resolved for images of `shape`."""
+        p, nd = self.params, len(shape)
+        window = tuple(min(s, p.window or max(4, int(round(WINDOW_FRACTION[nd] * s)))) for s in shape)
+        query_stride = tuple(p.query_stride or max(1, w // 2) for w in window)
+        train_stride = tuple(p.train_stride or max(1, int(round(TRAIN_STRIDE_FRACTION[nd] * w))) for w in window)
+        radius = p.refine_radius if p.refine_radius is not None else max(train_stride)
+        return {"window": window, "query_stride": query_stride, "train_stride": train_stride,
+                "descriptor_side": min(p.descriptor_side or DESCRIPTOR_SIDE[nd], min(window)),
+                "refine_radius": int(radius),
+                "detail_sigma": DETAIL_SIGMA[nd] if p.detail_sigma is None else p.detail_sigma}
+
+    @torch.no_grad()
+    def fit(self, train: np.ndarray) -> "LocalNCCScorer":
+        train = training_array(self.name, train)
+        g = self.geometry(train.shape[1:])
+        self.train_starts = window_grid(train.shape[1:], g["window"], g["train_stride"])
+        per_batch = max(1, 4096 // len(self.train_starts))
+        parts = [describe_windows(extract_windows(torch.from_numpy(np.ascontiguousarray(train[i:i + per_batch])),
+                                                  self.train_starts, g["window"]), g["descriptor_side"]).numpy()
+                 for i in range(0, len(train), per_batch)]
+        self.train_index = np.concatenate(parts)
+        self.train = np.ascontiguousarray(train)
+        return self
+
+    @torch.no_grad()
+    def score(self, queries: np.ndarray) -> ReplicaScores:
+        queries = query_array(self.name, queries, None if self.train is None else self.train.shape[1:])
+        shape = queries.shape[1:]
+        g = self.geometry(shape)
+        nd, window, radius = len(shape), g["window"], g["refine_radius"]
+        starts = window_grid(shape, window, g["query_stride"])
+        n_q, n_w = len(queries), len(starts)
+        raw = extract_windows(torch.from_numpy(np.ascontiguousarray(queries)), starts, window)  # (Q, W, *w)
+        windows = detail(raw.reshape(n_q * n_w, *window), g["detail_sigma"]).reshape(raw.shape)
+        informative = informative_windows(raw.reshape(n_q, n_w, -1), windows.reshape(n_q, n_w, -1),
+                                          self.params.min_std, self.params.max_flat)
+        rows = np.flatnonzero(informative.reshape(-1))  # query windows worth searching, (query, window) flattened
+        best = np.full(n_q * n_w, -np.inf)
+        best_train = np.zeros(n_q * n_w, np.int64)
+        best_start = np.zeros((n_q * n_w, nd), np.int64)
+        if len(rows):
+            descriptors = describe_windows(raw.reshape(n_q * n_w, 1, *window)[torch.from_numpy(rows)],
+                                           g["descriptor_side"]).numpy()
+            k = min(self.params.k_windows, len(self.train_index))
+            _, hits = topk_similarity(descriptors, self.train_index, k=k, metric="ncc", device=self.runtime.device)
+            self._refine(windows.reshape(n_q * n_w, *window), rows, hits, g, best, best_train, best_start)
+        best = best.reshape(n_q, n_w)
+        top_window = np.argmax(best, axis=1)
+        scores = best[np.arange(n_q), top_window]
+        flat = np.arange(n_q) * n_w + top_window
+        nearest = best_train[flat]
+        has_match = np.isfinite(scores)
+        scores = np.where(has_match, scores, 0.0)  # a query with no informative window: NCC 0, "no match"
+        query_start = starts[top_window]
+        train_start = best_start[flat]
+        size = np.array(window)
+        query_box = np.stack([query_start, query_start + size], axis=1)
+        train_box = np.stack([train_start, train_start + size], axis=1)
+        return ReplicaScores(scores=scores.astype(np.float64), nearest=nearest.astype(np.int64),
+                             query_box=query_box, train_box=train_box)
+
+    def _refine(self, windows: torch.Tensor, rows: np.ndarray, hits: np.ndarray, g: dict[str, Any],
+                best: np.ndarray, best_train: np.ndarray, best_start: np.ndarray) -> None:
+        """For each searched window (its detail in `windows`) and each candidate: the offset within
+        `refine_radius` of the candidate where the window's detail best matches the candidate neighbourhood's
+        detail (template NCC), then the NCC of the window's detail with the detail of the training window at that
+        offset, each filtered on its own — exactly 1 for a copied window. Keeps the best candidate per window
+        (in place)."""
+        window, radius, sigma = g["window"], g["refine_radius"], g["detail_sigma"]
+        shape = self.train.shape[1:]
+        n_starts = len(self.train_starts)
+        region = tuple(min(s, w + 2 * radius) for s, w in zip(shape, window))
+        corner = np.clip(self.train_starts[hits % n_starts] - radius, 0,
+                         np.array(shape) - np.array(region)).reshape(-1, len(shape))  # region starts in the image
+        image = (hits // n_starts).reshape(-1)
+        pair_rows = np.repeat(rows, hits.shape[1])
+        per_batch = max(1, REFINE_BATCH_BYTES // max(1, 4 * (int(np.prod(region)) + int(np.prod(window)))))
+        train = torch.from_numpy(self.train)
+        d = int(np.prod(window))
+        values = np.empty(len(pair_rows))
+        matched = np.empty((len(pair_rows), len(shape)), np.int64)
+        for s in range(0, len(pair_rows), per_batch):
+            sl = slice(s, s + per_batch)
+            templates = windows[torch.from_numpy(pair_rows[sl])]
+            regions = torch.stack([train[i][tuple(slice(a, a + r) for a, r in zip(c, region))]
+                                   for i, c in zip(image[sl], corner[sl])])
+            _, offset = template_ncc(templates, detail(regions, sigma))
+            where = corner[sl] + offset.numpy()
+            sources = detail(torch.stack([train[i][tuple(slice(a, a + w) for a, w in zip(c, window))]
+                                          for i, c in zip(image[sl], where)]), sigma)
+            zt = zscore(templates.reshape(len(templates), -1), 1, scale=float(np.sqrt(d)))
+            zs = zscore(sources.reshape(len(sources), -1), 1, scale=float(np.sqrt(d)))
+            values[sl], matched[sl] = (zt * zs).sum(dim=1).double().numpy(), where
+        # per searched window, its best pair (ties: the first candidate)
+        order = np.lexsort((-values, pair_rows))
+        first = order[np.r_[True, pair_rows[order][1:] != pair_rows[order][:-1]]]
+        row = pair_rows[first]
+        best[row], best_train[row], best_start[row] = values[first], image[first], matched[first]
+
+    def components(self) -> dict:
+        out: dict[str, Any] = {"level": self.level,
+                               "score": "best full-resolution NCC of a query window with a training window",
+                               "shortlist": "NCC of downsampled window descriptors, exact chunked top-k"}
+        if self.train is not None:
+            g = self.geometry(self.train.shape[1:])
+            out["resolved"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+            out["training_windows"] = int(len(self.train_index))
+        return out
+
+    def fitted_state(self) -> dict[str, np.ndarray]:
+        return {"train": self.train, "train_index": self.train_index, "train_starts": self.train_starts}
+
+    def restore(self, state: dict[str, np.ndarray]) -> "LocalNCCScorer":
+        self.train = np.ascontiguousarray(state["train"])
+        self.train_index, self.train_starts = np.asarray(state["train_index"]), np.asarray(state["train_starts"])
+        return self

@@ -1,0 +1,129 @@
+"""The local scorer (`ncc_local`): template NCC against brute force, a planted partial copy found with its region,
+and the region shown in the outputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from attacks.replicas.local import box_sums, detail, template_ncc, window_grid
+from attacks.replicas.registry import make_scorer
+from audit.metrics.similarity import ncc
+
+
+def textured(n, shape, seed):
+    rng = np.random.default_rng(seed)
+    out = np.stack([gaussian_filter(rng.random(shape), 1.0) for _ in range(n)])
+    lo = out.reshape(n, -1).min(1).reshape((n,) + (1,) * len(shape))
+    hi = out.reshape(n, -1).max(1).reshape((n,) + (1,) * len(shape))
+    return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+@pytest.mark.parametrize("template,region", [((6, 5), (10, 9)), ((3, 4, 3), (6, 6, 5))])
+def test_template_ncc_is_the_best_ncc_over_positions_by_brute_force(template, region):
+    rng = np.random.default_rng(1)
+    templates = torch.from_numpy(rng.random((4, *template)).astype(np.float32))
+    regions = torch.from_numpy(rng.random((4, *region)).astype(np.float32))
+    regions[2][tuple(slice(1, 1 + t) for t in template)] = templates[2] * 0.5 + 0.2  # an exact (affine) match
+    best, offset = template_ncc(templates, regions)
+    offsets = [range(r - t + 1) for r, t in zip(region, template)]
+    for b in range(4):
+        values = {}
+        for o in np.ndindex(*[len(x) for x in offsets]):
+            patch = regions[b][tuple(slice(a, a + t) for a, t in zip(o, template))].numpy()
+            values[o] = ncc(templates[b].numpy()[None], patch[None])[0]
+        where = max(values, key=values.get)
+        assert best[b].item() == pytest.approx(values[where], abs=1e-5)
+        assert tuple(offset[b].tolist()) == where
+    assert best[2].item() == pytest.approx(1.0, abs=1e-5) and offset[2].tolist() == [1] * len(template)
+
+
+def test_box_sums_and_window_grid():
+    x = torch.arange(2 * 5 * 6, dtype=torch.float32).reshape(2, 5, 6)
+    sums = box_sums(x, (2, 3))
+    expected = torch.stack([x[:, i:i + 2, j:j + 3].sum(dim=(1, 2)) for i in range(4) for j in range(4)], 1)
+    np.testing.assert_allclose(sums.reshape(2, -1).numpy(), expected.numpy())
+    starts = window_grid((10, 7), (4, 4), (4, 2))
+    assert sorted({tuple(s) for s in starts}) == [(a, b) for a in (0, 4, 6) for b in (0, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """30 training images; queries: 4 new images, each with a region of a training image pasted in (44% and 56%
+    of each side), and 4 new images untouched."""
+    train = textured(30, (64, 64), seed=2)
+    new = textured(8, (64, 64), seed=3)
+    queries = new.copy()
+    pastes = [(5, (8, 20), (30, 4), (28, 28)), (11, (0, 0), (10, 24), (36, 36)),
+              (17, (30, 30), (0, 0), (30, 34)), (23, (20, 8), (24, 22), (28, 36))]
+    for q, (src, at_train, at_query, size) in enumerate(pastes):
+        region = tuple(slice(a, a + s) for a, s in zip(at_train, size))
+        queries[q][tuple(slice(a, a + s) for a, s in zip(at_query, size))] = train[src][region]
+    return train, queries, pastes
+
+
+def test_local_scorer_finds_partial_copies_and_their_regions(planted):
+    train, queries, pastes = planted
+    local = make_scorer("ncc_local").fit(train)
+    result = local.score(queries)
+    whole = make_scorer("ncc").fit(train).score(queries)
+    for q, (src, at_train, at_query, size) in enumerate(pastes):
+        assert result.nearest[q] == src and result.scores[q] == pytest.approx(1.0, abs=1e-3)
+        # the matched window lies inside the pasted region, at the paste's displacement
+        qb, tb = result.query_box[q], result.train_box[q]
+        assert np.all(qb[0] >= at_query) and np.all(qb[1] <= np.add(at_query, size))
+        np.testing.assert_array_equal(tb[0] - qb[0], np.subtract(at_train, at_query))
+    # new images stay well below, and the whole-image NCC does not see the partial copies
+    assert result.scores[4:].max() < 0.8
+    assert whole.scores[:4].max() < 0.6
+    # a flat image has no informative window: no match, score 0
+    assert local.score(np.full((1, 64, 64), 0.5, np.float32)).scores[0] == 0.0
+    # the fitted state round-trips (what `audit run` caches)
+    restored = make_scorer("ncc_local").restore(local.fitted_state())
+    np.testing.assert_array_equal(restored.score(queries).scores, result.scores)
+
+
+def test_local_scorer_3d_finds_a_pasted_block():
+    train = textured(12, (20, 20, 20), seed=4)
+    query = textured(1, (20, 20, 20), seed=5)
+    query[0, 2:14, 5:17, 4:16] = train[7, 6:18, 0:12, 8:20]
+    result = make_scorer("ncc_local").fit(train).score(query)
+    assert result.nearest[0] == 7 and result.scores[0] == pytest.approx(1.0, abs=1e-3)
+    np.testing.assert_array_equal(result.train_box[0, 0] - result.query_box[0, 0], [4, -5, 4])
+
+
+@pytest.mark.parametrize("shape,sigma", [((3, 20, 17), 2.0), ((2, 9, 10, 11), 1.0)])
+def test_detail_is_the_image_minus_scipys_gaussian_with_its_own_mirrored_border(shape, sigma):
+    x = np.random.default_rng(7).random(shape).astype(np.float32)
+    expected = np.stack([im - gaussian_filter(im, sigma, mode="mirror", truncate=3.0) for im in x])
+    np.testing.assert_allclose(detail(torch.from_numpy(x), sigma).numpy(), expected, atol=1e-5)
+    ramp = torch.linspace(0, 1, 32).repeat(32, 1)[None]
+    assert detail(ramp, 2.0)[0, 8:-8, 8:-8].abs().max() < 1e-5  # a linear ramp has no detail inside
+    assert detail(ramp, 0) is ramp
+
+
+def test_cli_draws_the_copied_region(tmp_path, planted):
+    from tests.test_replicas import write_png
+
+    train, queries, pastes = planted
+    for name, images in (("train", train), ("holdout", textured(20, (64, 64), seed=6)), ("synthetic", queries)):
+        (tmp_path / name).mkdir()
+        for i, image in enumerate(images):
+            write_png(tmp_path / name / f"{name[0]}{i:02d}.png", image)
+    from audit.cli import main
+
+    assert main(["replicas", "--train", str(tmp_path / "train"), "--holdout", str(tmp_path / "holdout"),
+                 "--synthetic", str(tmp_path / "synthetic"), "--out", str(tmp_path / "out"),
+                 "--scorers", "ncc,ncc_local", "--gate", "0.9"]) == 0
+    summary = json.loads((tmp_path / "out" / "replicas.json").read_text())
+    top = {p["synthetic"]: p for p in summary["top_pairs"][:4]}
+    assert set(top) == {"s00.png", "s01.png", "s02.png", "s03.png"}
+    for q, (src, at_train, at_query, size) in enumerate(pastes):
+        pair = top[f"s{q:02d}.png"]
+        assert pair["is_replica"] and pair["nearest_train"] == f"t{src:02d}.png"
+        assert pair["region"]["scorer"] == "ncc_local"
+        box = np.array(pair["region"]["synthetic_box"])
+        assert np.all(box[0] >= at_query) and np.all(box[1] <= np.add(at_query, size))
+    assert (tmp_path / "out" / "pairs.png").stat().st_size > 0
