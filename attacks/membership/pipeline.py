@@ -163,6 +163,7 @@ class MembershipResult:
                 "best": {"attack": best, "note": "the attack with the highest AUC among those run; picking the best "
                                                   "of several after seeing their results is optimistic"},
                 "n_synthetic": max((n.n_synthetic for n in self.nearest.values()), default=0),
+                "seconds_for_synthetic_images": self.seconds.get("synthetic_images"),
                 "figures": {k: v.to_dict() for k, v in self.figures().items()}}
 
 
@@ -242,6 +243,9 @@ def run_membership(generator, members, nonmembers, attack_names: Sequence[str], 
     nearest: dict[str, NearestSynthetic] = {}
     blackbox = [a for a in runnable if isinstance(a, BlackBoxAttack)]
     if blackbox:
+        started = time.perf_counter()
+        len(target.synthetic)  # drawn here when they are the model's samples: timed apart from the attacks
+        seconds["synthetic_images"] = time.perf_counter() - started
         candidates = np.concatenate([member_set.stack(), nonmember_set.stack()])
         is_member = np.arange(len(candidates)) < matching.n_pairs
         for a in blackbox:
