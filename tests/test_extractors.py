@@ -251,3 +251,17 @@ def test_domain_extractor_trains_once_per_data_and_config(image_folder, tmp_path
     # a saved encoder folder given as weights
     from_folder = build_extractor("domain", weights=str(extractor.encoder_folder))
     assert from_folder.identity()["weights_sha256"] == extractor.identity()["weights_sha256"]
+
+
+def test_timm_backbone_from_local_weights_reads_images_and_volumes_as_planes(tmp_path):
+    import timm
+
+    model = timm.create_model("resnet10t", pretrained=False, in_chans=1, num_classes=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "resnet10t.safetensors"))
+    extractor = build_extractor("timm:resnet10t", weights=str(tmp_path / "resnet10t.safetensors"))
+    assert extractor.identity()["name"] == "timm:resnet10t"
+    assert extractor.identity()["weights_sha256"] == file_sha256(tmp_path / "resnet10t.safetensors")
+    assert extractor.extract(structured_images(2, (32, 32), seed=1)).shape == (2, 512)
+    assert extractor.extract(structured_images(2, (16, 16, 16), seed=1)).shape == (2, 3 * 512)
+    with pytest.raises(AuditInputError, match="needs --weights"):
+        build_extractor("timm:resnet10t")

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy.ndimage import gaussian_filter
 
 from audit.artifacts import ArtifactCache
@@ -18,6 +19,15 @@ from audit.stages import STAGES, StageContext, StageInputs
 from tests.image_factory import structured_images
 
 CONTRACT_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The test machine is shared: one torch thread avoids oversubscription (several times slower otherwise)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_folder(folder, images):
@@ -47,7 +57,8 @@ def test_folder_contract_writes_fidelity_json_with_the_fixed_keys(folders, tmp_p
     for key in CONTRACT_KEYS:
         entry = result[key]
         assert {"value", "ci_low", "ci_high", "n"} <= set(entry)
-        assert entry["n_real"] == 36 and entry["n_synthetic"] == 12 and entry["n"] == (36 if key in ("recall", "coverage") else 12)
+        assert entry["n_real"] == 36 and entry["n_synthetic"] == 12
+        assert entry["n"] == (36 if key in ("recall", "coverage") else 12)  # the set the metric averages over
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
     assert result["real_floor"] is None and result["fid_over_floor"] is None  # no --holdout
     assert (out / "pca.png").stat().st_size > 1000
@@ -68,6 +79,9 @@ def test_folder_form_with_holdout_reports_the_real_floor_and_orders_a_blurred_se
     assert blurred["fid"]["value"] > 3 * real_like["fid"]["value"]
     assert blurred["fid_over_floor"]["value"] > 3 * real_like["fid_over_floor"]["value"]
     assert blurred["real_features_from_cache"]  # the second run read the real features from the cache
+    shifts = blurred["largest_feature_shifts"]  # what the FID is made of, largest first
+    assert len(shifts) == 10 and abs(shifts[0]["shift_in_real_sd"]) >= abs(shifts[-1]["shift_in_real_sd"]) > 1
+    assert all(s["feature"].split("/")[0] in ("original", "log1", "log2", "log4") for s in shifts)
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -105,7 +119,8 @@ def test_stage_figures_and_cached_floor(folders, tmp_path):
                                    "real_floor/kid", "fid_over_floor"}
     builds = cache.builds  # train features, holdout features, floor
     assert builds == 3
-    again = STAGES.create("fidelity", {"n_boot": 20, "pca_plot": False}, runtime).run(inputs, StageContext(tmp_path / "run2", runtime, cache))
+    again = STAGES.create("fidelity", {"n_boot": 20, "pca_plot": False}, runtime).run(
+        inputs, StageContext(tmp_path / "run2", runtime, cache))
     assert cache.builds == builds and cache.hits == 3  # nothing real recomputed
     assert again.figures["fid"] == output.figures["fid"]
     assert again.figures["real_floor/fid"] == output.figures["real_floor/fid"]

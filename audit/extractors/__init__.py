@@ -39,7 +39,8 @@ def parse_extractor_spec(spec: str, weights: str | None = None,
     name, colon, argument = spec.strip().partition(":")
     options = dict(options or {})
     if name not in EXTRACTORS:
-        raise AuditInputError(None, f"--extractor: unknown extractor '{spec}' (known: {', '.join(extractor_spec_names())})")
+        known = ", ".join(extractor_spec_names())
+        raise AuditInputError(None, f"--extractor: unknown extractor '{spec}' (known: {known})")
     if (name == "timm") != bool(colon and argument):
         expected = "timm:<model name>" if name == "timm" else name
         raise AuditInputError(None, f"--extractor: write '{expected}', got '{spec}'")

@@ -78,6 +78,10 @@ class FeatureExtractor:
     def describe(self) -> dict[str, Any]:
         return self.identity()
 
+    def feature_names(self) -> list[str] | None:
+        """Names of the feature columns when they mean something on their own (hand-crafted features)."""
+        return None
+
     # --- what it needs first -----------------------------------------------------------------------------------
     def prepare(self, reference, cache) -> None:
         """Learn what the extractor needs from the real reference images (default: nothing)."""

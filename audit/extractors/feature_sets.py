@@ -68,8 +68,11 @@ def save_feature_set(feature_set: FeatureSet, folder: Path) -> None:
 
 
 def load_feature_set(folder: Path) -> FeatureSet:
-    return FeatureSet(np.load(folder / "features.npy", allow_pickle=False), json.loads((folder / "ids.json").read_text()),
-                      np.load(folder / "mean.npy", allow_pickle=False), np.load(folder / "cov.npy", allow_pickle=False))
+    def array(name: str) -> np.ndarray:
+        return np.load(folder / name, allow_pickle=False)
+
+    return FeatureSet(array("features.npy"), json.loads((folder / "ids.json").read_text()), array("mean.npy"),
+                      array("cov.npy"))
 
 
 def cached_feature_set(extractor, dataset, split: str, cache, batch_size: int = 32,

@@ -6,7 +6,8 @@ Per image, on the original intensities and on scale-normalised Laplacian-of-Gaus
 (see `audit.extractors.texture`). Texture classes quantise to `levels` fixed bins over a fixed range ([0, 1] for the
 original, ±`log_range` for LoG responses), so a level means the same intensity in every image and the features of
 one image never depend on another. FRD v1 also uses GLSZM, NGTDM and wavelet-filtered images (~464 features) from
-pyradiomics, which does not install here; this is a smaller set of the same kind (33 features per filtered image: 11 first-order, 7 GLCM properties × 2 distances, 8 GLRLM).
+pyradiomics, which does not install here; this is a smaller set of the same kind (33 features per filtered image:
+11 first-order, 7 GLCM properties × 2 distances, 8 GLRLM; 132 with the three default LoG scales).
 
 Features are z-scored against the reference (real) set before any metric, as FRD does: their scales are unrelated
 (a kurtosis and a grey-level variance), and an unscaled Fréchet distance would be a distance in whichever feature
@@ -85,3 +86,9 @@ class RadiomicsExtractor(FeatureExtractor):
 
     def describe(self) -> dict:
         return {**self.identity(), "features": len(feature_names(self.params))}
+
+    def feature_names(self) -> list[str]:
+        names = feature_names(self.params)
+        if self.reads_volumes_as_planes:
+            return [f"plane{axis}/{name}" for axis in range(3) for name in names]
+        return names

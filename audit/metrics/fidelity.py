@@ -52,44 +52,48 @@ DEFAULT_CHUNK = 2048  # rows per block of a chunked distance or kernel computati
 
 class StreamingMoments:
     """Mean and covariance of feature rows fed in batches (Chan et al.'s pairwise merge, float64), so the real
-    set's statistics never need every feature in one array. Batch-size independent up to rounding."""
+    set's statistics never need every feature in one array. Batch-size independent up to rounding.
+
+    torch, in place: the d×d update is one matrix product and one rank-1 update, with no d×d temporaries, and it
+    follows torch's thread setting (numpy's BLAS spun threads against a loaded machine: 10× slower at d = 132)."""
 
     def __init__(self, dim: int | None = None):
         self.n = 0
-        self._mean = None if dim is None else np.zeros(dim)
-        self._m2 = None if dim is None else np.zeros((dim, dim))
+        self._mean = None if dim is None else torch.zeros(dim, dtype=torch.float64)
+        self._m2 = None if dim is None else torch.zeros(dim, dim, dtype=torch.float64)
 
-    def update(self, features: np.ndarray) -> "StreamingMoments":
-        x = np.asarray(features, dtype=np.float64)
+    def update(self, features) -> "StreamingMoments":
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
         if x.ndim != 2:
-            raise ValueError(f"features must be (n, d), got shape {x.shape}")
+            raise ValueError(f"features must be (n, d), got shape {tuple(x.shape)}")
         if len(x) == 0:
             return self
         if self._mean is None:
-            self._mean, self._m2 = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+            self._mean = torch.zeros(x.shape[1], dtype=torch.float64)
+            self._m2 = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
         if x.shape[1] != len(self._mean):
             raise ValueError(f"features have {x.shape[1]} columns, the statistics {len(self._mean)}")
         n_b = len(x)
-        mean_b = x.mean(axis=0)
+        mean_b = x.mean(dim=0)
         centred = x - mean_b
-        m2_b = centred.T @ centred
         delta = mean_b - self._mean
         total = self.n + n_b
-        self._m2 += m2_b + np.outer(delta, delta) * (self.n * n_b / total)
-        self._mean += delta * (n_b / total)
+        self._m2.addmm_(centred.T, centred)
+        self._m2.addr_(delta, delta, alpha=self.n * n_b / total)
+        self._mean.add_(delta, alpha=n_b / total)
         self.n = total
         return self
 
     @property
     def mean(self) -> np.ndarray:
-        return self._mean.copy()
+        return self._mean.numpy().copy()
 
     @property
     def cov(self) -> np.ndarray:
         """Unbiased sample covariance (n − 1), as torchmetrics and the FID literature use."""
         if self.n < 2:
             raise ValueError("a covariance needs at least 2 samples")
-        return self._m2 / (self.n - 1)
+        return (self._m2 / (self.n - 1)).numpy()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -120,19 +124,25 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     return max(float(value), 0.0)
 
 
+GRAM_ROUTE_MAX_PAIRS = 25_000_000  # the n₁×n₂ cross-Gram matrix in float64: 200 MB at most
+
+
 @dataclass(frozen=True)
 class _GramSet:
-    """What the weighted Gram-route FID needs: the three Gram matrices of rows shifted by one common vector."""
+    """What the Gram-route FID needs: both sets shifted by one common vector (FID is translation invariant; the
+    shift keeps the products small), their squared row norms, and the n₁×n₂ cross products. No n×n matrix."""
 
-    kxx: np.ndarray
-    kyy: np.ndarray
+    xs: np.ndarray
+    ys: np.ndarray
+    x_norms: np.ndarray
+    y_norms: np.ndarray
     kxy: np.ndarray
 
 
 def _gram_set(x: np.ndarray, y: np.ndarray) -> _GramSet:
-    shift = x.mean(axis=0)  # FID is translation invariant; a common shift keeps the Gram entries small
+    shift = x.mean(axis=0)
     xs, ys = x - shift, y - shift
-    return _GramSet(xs @ xs.T, ys @ ys.T, xs @ ys.T)
+    return _GramSet(xs, ys, (xs * xs).sum(1), (ys * ys).sum(1), xs @ ys.T)
 
 
 def _weighted_centred_cross(kxy: np.ndarray, w: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -147,14 +157,15 @@ def _weighted_centred_cross(kxy: np.ndarray, w: np.ndarray, v: np.ndarray) -> np
 
 
 def _fid_gram(g: _GramSet, w: np.ndarray, v: np.ndarray) -> float:
-    """FID of the sets weighted by integer counts w, v (ones = the sets themselves), from Gram matrices only."""
+    """FID of the sets weighted by integer counts w, v (ones = the sets themselves): means and traces from the
+    rows (O((n₁+n₂)d)), Tr(Σ₁Σ₂)^½ from the singular values of the centred cross matrix."""
     n1, n2 = w.sum(), v.sum()
-    wkw, vkv, wkv = w @ g.kxx @ w, v @ g.kyy @ v, w @ g.kxy @ v
-    mean_term = wkw / n1 ** 2 + vkv / n2 ** 2 - 2 * wkv / (n1 * n2)
-    trace1 = (w @ np.diag(g.kxx) - wkw / n1) / (n1 - 1)
-    trace2 = (v @ np.diag(g.kyy) - vkv / n2) / (n2 - 1)
+    mean_x, mean_y = w @ g.xs / n1, v @ g.ys / n2
+    diff = mean_x - mean_y
+    trace1 = (w @ g.x_norms - n1 * mean_x @ mean_x) / (n1 - 1)
+    trace2 = (v @ g.y_norms - n2 * mean_y @ mean_y) / (n2 - 1)
     cross = np.linalg.svd(_weighted_centred_cross(g.kxy, w, v), compute_uv=False).sum()
-    return max(float(mean_term + trace1 + trace2 - 2 * cross / np.sqrt((n1 - 1) * (n2 - 1))), 0.0)
+    return max(float(diff @ diff + trace1 + trace2 - 2 * cross / np.sqrt((n1 - 1) * (n2 - 1))), 0.0)
 
 
 def _weighted_moments(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,8 +183,10 @@ def _fid_cov(x: np.ndarray, y: np.ndarray, w: np.ndarray, v: np.ndarray) -> floa
 
 def _gram_route_is_cheaper(n1: int, n2: int, d: int) -> bool:
     """Per evaluation the Gram route costs an n₁×n₂ SVD, the covariance route two d×d eigendecompositions and the
-    weighted covariances (the Gram matrices are built once and reused by every bootstrap replicate)."""
-    return n1 * n2 * min(n1, n2) < (n1 + n2) * d * d + 2 * d ** 3
+    weighted covariances (the cross products are built once and reused by every bootstrap replicate); the Gram
+    route also keeps an n₁×n₂ matrix, so it is used only below `GRAM_ROUTE_MAX_PAIRS`."""
+    gram = n1 * n2 * min(n1, n2) + (n1 + n2) * d
+    return n1 * n2 <= GRAM_ROUTE_MAX_PAIRS and gram < (n1 + n2) * d * d + 2 * d ** 3
 
 
 def check_features(x, y, minimum: int = 2, what: str = "FID") -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +251,8 @@ class FidOfResamples:
 
     def __init__(self, x, y):
         self.x, self.y = check_features(x, y)
-        self.gram = _gram_set(self.x, self.y) if _gram_route_is_cheaper(len(self.x), len(self.y), self.x.shape[1]) else None
+        cheaper = _gram_route_is_cheaper(len(self.x), len(self.y), self.x.shape[1])
+        self.gram = _gram_set(self.x, self.y) if cheaper else None
 
     def __call__(self, w: np.ndarray, v: np.ndarray) -> float:
         if self.gram is not None:
@@ -261,7 +275,8 @@ def fid_estimate(real, synthetic, n_boot: int = 200, confidence: float = 0.95, s
     value = frechet_distance_features(real, synthetic)
     if n_boot > 0:
         lo, hi = shifted_percentile_interval(value, fid_replicates(real, synthetic, n_boot, seed), confidence)
-        method = f"bootstrap {confidence:.0%} ({n_boot} resamples of both sets, percentile shifted by the bootstrap bias)"
+        method = (f"bootstrap {confidence:.0%} ({n_boot} resamples of both sets, percentile shifted by the "
+                  f"bootstrap bias)")
     else:
         lo = hi = float("nan")
         method = "point estimate (no bootstrap)"

@@ -128,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
     _check_form(args)
     if args.threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # numpy's BLAS too (the bootstrap's eigen/singular value problems)
     out = Path(args.out)
     runtime = Runtime(device=args.device, batch_size=args.batch_size, seed=args.seed, progress=progress_enabled(),
                       cache_dir=Path(args.cache_dir) if args.cache_dir else None)

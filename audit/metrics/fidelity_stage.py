@@ -78,6 +78,18 @@ def score_feature_sets(real: np.ndarray, synthetic: np.ndarray, params: Fidelity
     return out
 
 
+def largest_feature_shifts(real: np.ndarray, synthetic: np.ndarray, names: list[str] | None,
+                           count: int = 10) -> list[dict[str, Any]] | None:
+    """The named features whose synthetic mean moved furthest from the real mean, in real standard deviations:
+    what a large radiomic FID is made of (one feature nearly constant over the real set can dominate it)."""
+    if names is None or len(names) != real.shape[1]:
+        return None
+    std = real.std(axis=0, ddof=1)
+    shift = (synthetic.mean(axis=0) - real.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    order = np.argsort(-np.abs(shift))[:count]
+    return [{"feature": names[i], "shift_in_real_sd": float(shift[i])} for i in order]
+
+
 def as_estimate(entry: dict[str, Any]) -> Estimate:
     def number(key):
         value = entry[key]
@@ -227,6 +239,7 @@ class FidelityStage:
             result["fid_over_floor"] = None
             result["notes"] = [f"real floor not computed: {reason}"]
         result["real_features_from_cache"] = real_from_cache
+        result["largest_feature_shifts"] = largest_feature_shifts(real_z, synthetic_z, extractor.feature_names())
 
         context.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(context.out_dir / "fidelity.json", result)
@@ -240,7 +253,7 @@ class FidelityStage:
                           "n_holdout": None if holdout_z is None else len(holdout_z),
                           "kid_subset_size": scores["kid"]["subset_size"], "fid_mean_term_bias":
                           scores["fid"]["mean_term_bias"], "real_features_from_cache": real_from_cache,
-                          "fid_note": FID_BIAS_NOTE}
+                          "fid_note": FID_BIAS_NOTE, "largest_feature_shifts": result["largest_feature_shifts"]}
         if result["fid_over_floor"] is not None:
             output.details["fid_over_floor_size"] = result["fid_over_floor"]["size"]
         return output
