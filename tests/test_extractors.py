@@ -24,15 +24,7 @@ from audit.extractors.radiomics import RadiomicsParams, feature_names, radiomic_
 from audit.extractors.texture import glcm_2d_angles, glcm_nd, quantise, run_lengths, unique_directions
 from audit.registry import Runtime
 from tests.image_factory import structured_images
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Inception on a shared 2-core machine: one thread was 4-8x faster than two under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.test_fidelity import one_torch_thread  # noqa: F401  (autouse: one torch thread in this module too)
 
 
 # ------------------------------------------------------------------------------------------------ texture maths

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from scipy.ndimage import gaussian_filter
 
 from audit.artifacts import ArtifactCache
@@ -17,17 +16,9 @@ from audit.metrics.fidelity_stage import FidelityStage
 from audit.registry import Runtime
 from audit.stages import STAGES, StageContext, StageInputs
 from tests.image_factory import structured_images
+from tests.test_fidelity import one_torch_thread  # noqa: F401  (autouse: one torch thread in this module too)
 
 CONTRACT_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test machine is shared: one torch thread avoids oversubscription (several times slower otherwise)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_folder(folder, images):
