@@ -17,10 +17,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
-from tests.cli_harness import cli_command, subprocess_env, tiny_ldm2d_preset
+from tests.cli_harness import cli_command, subprocess_env, tiny_training_setup
 
 
 def run(argv: list, threads: int) -> None:
@@ -54,18 +53,9 @@ def main(work: Path) -> None:
     from tests.dicom_factory import write_vindr_tree
 
     work.mkdir(parents=True, exist_ok=True)
+    run(tiny_training_setup(work, n_images=12, side=32, steps=20), 1)
     data = work / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    rows = ["file,split,birads"]
-    for i in range(12):
-        Image.fromarray((rng.random((32, 32)) * 65535).astype(np.uint16)).save(data / f"i{i}.png")
-        rows.append(f"i{i}.png,train,{1 + i % 3}")
-    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
-    (work / "data.yaml").write_text(yaml.safe_dump({"name": "d", "reader": "folder", "preprocess": {"shape": [32, 32]}}))
-    (work / "gen.yaml").write_text(yaml.safe_dump(tiny_ldm2d_preset(steps=20, side=32)))
-    run(["generator", "train", "--data", work / "data.yaml", "--data-root", data, "--config", work / "gen.yaml",
-         "--out", work / "ldm", "--threads", 1], 1)
+    rng = np.random.default_rng(1)
 
     print("audit generate (tiny LDM 32x32, 32 images, 20 DDIM steps, seed 0); reference: 1 thread, batch 8")
     settings = {"t1-b8": (1, 8), "t1-b8-again": (1, 8), "t2-b8": (2, 8), "t1-b1": (1, 1), "t1-b32": (1, 32)}

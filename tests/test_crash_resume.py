@@ -5,11 +5,11 @@ outputs of an uninterrupted run — byte for byte — and no truncated or tempor
 kills at the writing phase, not only at start-up) and how to compare its outputs. Phase 2 adds `audit run`
 (compare report.json without timestamps, every figure and table byte for byte) as another `CrashTarget`.
 
-The moments: a kill waits until the run has written a share `fraction` (drawn uniformly in [0, 1)) of the items it
-has left to write, then a further `delay` (drawn in [0, 40 ms]; a short one lands among the writes of a batch's
-files); fraction 0 kills during start-up, model loading or the first batch, and a run with nothing left to write is
-killed during start-up or while it writes its manifest. After every kill, every file under its final name must be
-whole (written atomically) before the rerun.
+The moments: the k kills on one folder draw k shares of the work uniformly in [0, 1), sorted; a kill waits until
+the folder holds that share of the items (at once if it already does: a kill during start-up), then a further
+`delay` drawn in [0, 40 ms] (a short one lands among the writes of a batch's files). Share 0 kills during start-up,
+model loading or the first batch; a run with nothing left to write is killed while it writes its manifest.
+After every kill, every file under its final name must be whole (written atomically) before the rerun.
 """
 
 from __future__ import annotations
@@ -24,21 +24,21 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from tests.cli_harness import cli_command, run_cli, subprocess_env, tiny_ldm2d_preset
+from tests.cli_harness import cli_command, run_cli, subprocess_env, tiny_training_setup
 
 
 @dataclass(frozen=True)
 class KillMoment:
-    fraction: float  # wait until this share of what is left to write is written...
+    fraction: float  # wait until the output holds this share of the items...
     delay: float  # ... then this many seconds more, then SIGKILL
 
 
 def kill_moments(seed: int, count: int) -> list[KillMoment]:
     rng = np.random.default_rng(seed)
-    return [KillMoment(float(rng.uniform(0.0, 1.0)), float(rng.uniform(0.0, 0.04))) for _ in range(count)]
+    shares, delays = np.sort(rng.uniform(0.0, 1.0, count)), rng.uniform(0.0, 0.04, count)
+    return [KillMoment(float(f), float(d)) for f, d in zip(shares, delays)]
 
 
 @dataclass
@@ -64,8 +64,7 @@ def crash_and_resume(target: CrashTarget, out: Path, moments: list[KillMoment], 
                      timeout: float = 300) -> None:
     """Kill a run at each moment in turn (each a fresh process on the same folder), then run it to the end."""
     for moment in moments:
-        present = target.progress(out)
-        goal = present + int(moment.fraction * (target.total - present))
+        goal = int(moment.fraction * target.total)
         proc = subprocess.Popen(cli_command(target.argv(out)), env=subprocess_env(target.env),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
@@ -128,22 +127,11 @@ def temporary_files(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("crash")
-    data = root / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    rows = ["file,split,birads"]
-    for i in range(8):
-        Image.fromarray((rng.random((16, 16)) * 65535).astype(np.uint16)).save(data / f"i{i}.png")
-        rows.append(f"i{i}.png,train,{1 + i % 3}")
-    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
-    (root / "data.yaml").write_text(yaml.safe_dump({"name": "t", "reader": "folder",
-                                                    "preprocess": {"shape": [16, 16]}}))
-    (root / "gen.yaml").write_text(yaml.safe_dump(tiny_ldm2d_preset(steps=1)))
+    train = tiny_training_setup(root, n_images=8, side=16, steps=1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = run_cli(["generator", "train", "--data", root / "data.yaml", "--data-root", data,
-                          "--config", root / "gen.yaml", "--out", root / "ldm"])
+        result = run_cli(train)
     finally:
         torch.set_num_threads(threads)
     assert result.code == 0, result.stderr

@@ -233,8 +233,8 @@ def test_hostile_file_names_through_replicas(tmp_path):
     root = _hostile_folder(tmp_path)
     before = tree_digest(root)
     replicas = run_cli(["replicas", "--train", root, "--holdout", root, "--synthetic", root,
-                        "--out", tmp_path / "rep"])
-    assert replicas.code == 0, replicas.stderr
+                        "--out", tmp_path / "rep", "--scorers", "ncc"])
+    assert replicas.code in (0, 1), replicas.stderr  # 1: the gate flags the copies (synthetic = training images)
     with open(tmp_path / "rep" / "replicas.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["synthetic"] for r in rows) == sorted(f"{n}.png" for n in HOSTILE_NAMES)
