@@ -32,7 +32,7 @@ from audit.artifacts import ArtifactCache, dataset_fingerprint
 from audit.checkpoints import (file_sha256, load_checkpoint, load_state_strict, read_checkpoint_meta,
                                save_checkpoint)
 from audit.errors import AuditInputError
-from audit.features import TorchEncoder, recalibrate_batchnorm, resize_to, zscore_per_image
+from audit.features import recalibrate_batchnorm, resize_to, zscore_per_image
 from audit.registry import Params, Runtime
 
 ATTACKER_KIND = "reid-attacker"
@@ -60,7 +60,13 @@ class AttackerParams(Params):
     patients_per_batch: int = Field(16, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    augmentation: Literal["default", "none"] = "default"
+    augmentation: Literal["default", "strong", "none"] = "default"
+    # every patient also enters training mirrored along each image axis as a *new* patient (4 identities per
+    # patient in 2D, 8 in 3D): more identities to tell apart, same within-patient correspondences
+    flip_identities: bool = True
+    # "zscore": each image to zero mean, unit variance (blind to exposure); "fixed": (x - 0.5) / 0.25, keeping the
+    # absolute intensities a study's views share (same machine, same processing)
+    input_norm: Literal["zscore", "fixed"] = "zscore"
 
     @model_validator(mode="after")
     def _check_components(self) -> "AttackerParams":
@@ -84,9 +90,8 @@ class ReidAttacker:
         self.ndim = ndim
         self.data_shape = tuple(data_shape)
         self.info = dict(info or {})
-        self.encoder = TorchEncoder(net, name="reid", ndim=ndim, input_shape=params.input_shape,
-                                    batch_size=runtime.batch_size, device=runtime.device,
-                                    info={"dim": params.embedding_dim})
+        self.batch_size = runtime.batch_size
+        self.device = torch.device(runtime.device)
 
     @property
     def dim(self) -> int:
@@ -94,12 +99,24 @@ class ReidAttacker:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """(N, *S) float32 [0, 1] → (N, d) float32, rows L2-normalised."""
-        return self.encoder.embed(images).astype(np.float32, copy=False)
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != self.ndim + 1:
+            raise AuditInputError(None, f"the re-id attacker embeds {self.ndim}D images, got shape "
+                                        f"{tuple(images.shape[1:])}")
+        self.net.eval().to(self.device)
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                batch = prepare_batch(images[start:start + self.batch_size], self.params, self.device)
+                chunks.append(self.net(batch).float().cpu())
+        if not chunks:
+            return np.zeros((0, self.dim), np.float32)
+        return torch.nn.functional.normalize(torch.cat(chunks), dim=1).numpy()
 
     def embed_dataset(self, dataset, progress: str | None = None) -> np.ndarray:
         """Embeddings of an `ImageDataset`, streamed (memory bounded by the batch size)."""
         chunks = [self.embed(images) for images, _ in
-                  dataset.iter_images(batch_size=self.encoder.batch_size, progress=progress)]
+                  dataset.iter_images(batch_size=self.batch_size, progress=progress)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -134,9 +151,12 @@ def pml_numpy_random(seed: int):
 
 
 def batch_plan(labels: np.ndarray, params: AttackerParams) -> tuple[int, int]:
-    """(m per patient, batch size) fitted to the data: at most as many patients per batch as there are."""
-    n_patients = len(np.unique(labels))
-    m = params.m_per_class
+    """(m per patient, batch size) fitted to the data: at most as many patients per batch as there are, and no more
+    images per patient than a typical patient has (brain scans come in pairs: m = 4 would repeat each image)."""
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    n_patients = len(counts)
+    m = min(params.m_per_class, max(2, int(np.median(counts))))
     return m, m * min(params.patients_per_batch, n_patients)
 
 
@@ -147,9 +167,17 @@ def check_training_labels(labels: np.ndarray) -> None:
                                     f"each (got {len(counts)} patients, {int((counts >= 2).sum())} with ≥ 2 images)")
 
 
-def _prepare(batch: np.ndarray, input_shape, device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1).to(device)
-    return zscore_per_image(resize_to(x, input_shape))
+def flip_axes(image: np.ndarray, code: int) -> np.ndarray:
+    """`image` mirrored along every axis whose bit is set in `code`."""
+    axes = [axis for axis in range(image.ndim) if code >> axis & 1]
+    return np.flip(image, axis=axes) if axes else image
+
+
+def prepare_batch(batch: np.ndarray, params: AttackerParams, device) -> torch.Tensor:
+    """(B, *S) float32 [0, 1] → the network's input (B, 1, *input_shape), normalised as `params.input_norm` says."""
+    x = resize_to(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1).to(device),
+                  params.input_shape)
+    return zscore_per_image(x) if params.input_norm == "zscore" else (x - 0.5) / 0.25
 
 
 def train_on_arrays(images: np.ndarray, labels: np.ndarray, params: AttackerParams, runtime: Runtime,
@@ -163,6 +191,11 @@ def train_on_arrays(images: np.ndarray, labels: np.ndarray, params: AttackerPara
     if len(images) != len(labels):
         raise ValueError("one label per image")
     check_training_labels(labels)
+    # virtual samples: (image, flip) pairs; the label of a flipped patient is a patient of its own
+    n_flips = 2 ** ndim if params.flip_identities else 1
+    sample_image = np.tile(np.arange(len(labels)), n_flips)
+    sample_flip = np.repeat(np.arange(n_flips), len(labels))
+    labels = labels[sample_image] * n_flips + sample_flip
     m, batch_size = batch_plan(labels, params)
     device = torch.device(runtime.device)
     augment = make_augmenter(params.augmentation, ndim, runtime.seed)
@@ -192,7 +225,8 @@ def train_on_arrays(images: np.ndarray, labels: np.ndarray, params: AttackerPara
             order = np.fromiter(iter(sampler), dtype=np.int64)
             for start in range(0, steps_per_epoch * batch_size, batch_size):
                 idx = order[start:start + batch_size]
-                x = _prepare(augment(images[idx]), params.input_shape, device)
+                batch = [flip_axes(images[sample_image[i]], sample_flip[i]) for i in idx]
+                x = prepare_batch(augment(np.stack(batch)), params, device)
                 y = label_tensor[idx].to(device)
                 embeddings = net(x)
                 pairs = miner(embeddings, y) if miner is not None else None
@@ -208,10 +242,11 @@ def train_on_arrays(images: np.ndarray, labels: np.ndarray, params: AttackerPara
         if bar is not None:
             bar.close()
         # a short CPU run leaves momentum-averaged BatchNorm statistics behind the final weights: re-estimate them
-        recalibrate_batchnorm(net, (_prepare(images[s:s + batch_size], params.input_shape, device)
+        recalibrate_batchnorm(net, (prepare_batch(images[s:s + batch_size], params, device)
                                     for s in range(0, len(images), batch_size)))
     net = net.cpu().eval()
-    info = {"n_images": int(len(images)), "n_patients": int(len(np.unique(labels))), "steps": len(losses),
+    info = {"n_images": int(len(images)), "n_patients": int(len(np.unique(labels)) // n_flips),
+            "n_training_identities": int(len(np.unique(labels))), "steps": len(losses),
             "batch_size": batch_size, "m_per_class": m, "seed": runtime.seed,
             "loss_first_epoch": float(np.mean(losses[:steps_per_epoch])) if losses else None,
             "loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])) if losses else None,

@@ -16,17 +16,20 @@ from typing import Callable
 import numpy as np
 
 Augmenter = Callable[[np.ndarray], np.ndarray]  # (B, *S) float32 [0, 1] → same shape, float32 [0, 1]
-AUGMENTATIONS = ("default", "none")
+AUGMENTATIONS = ("default", "strong", "none")
 
 
 def identity(batch: np.ndarray) -> np.ndarray:
     return np.asarray(batch, dtype=np.float32)
 
 
-def augment_2d(seed: int) -> Augmenter:
+def augment_2d(seed: int, strong: bool = False) -> Augmenter:
     import albumentations as A
 
-    compose = A.Compose([
+    extra = [A.GridDistortion(num_steps=4, distort_limit=0.15, border_mode=0, fill=0, p=0.5),
+             A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.15, 0.35), hole_width_range=(0.15, 0.35),
+                             fill=0, p=0.5)] if strong else []
+    compose = A.Compose([*extra,
         A.Affine(translate_percent=(-0.08, 0.08), rotate=(-15, 15), scale={"x": (0.85, 1.15), "y": (0.8, 1.3)},
                  border_mode=0, fill=0, p=0.9),
         A.RandomGamma(gamma_limit=(75, 135), p=0.5),
@@ -63,6 +66,6 @@ def augment_3d(seed: int) -> Augmenter:
 def make_augmenter(name: str, ndim: int, seed: int) -> Augmenter:
     if name == "none":
         return identity
-    if name == "default":
-        return augment_2d(seed) if ndim == 2 else augment_3d(seed)
+    if name in ("default", "strong"):
+        return augment_2d(seed, strong=name == "strong") if ndim == 2 else augment_3d(seed)
     raise ValueError(f"unknown augmentation '{name}' (known: {', '.join(AUGMENTATIONS)})")

@@ -47,7 +47,9 @@ def timm_backbone(name: str, weights: str | Path | None) -> tuple[nn.Module, int
     if weights is not None:
         state = adapt_state_to_model(load_safetensors_file(weights), model)
         load_state_strict(model, state, weights)
-    return TimmFeatures(model), int(model.num_features)
+    # the pooled output's width: num_features, or a wider pre-logits layer some models add (lcnet, mobilenetv3)
+    width = getattr(model, "head_hidden_size", None) or model.num_features
+    return TimmFeatures(model), int(width)
 
 
 def monai_backbone(name: str, width: float, weights: str | Path | None) -> tuple[nn.Module, int]:
