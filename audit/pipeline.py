@@ -32,7 +32,7 @@ from audit.checkpoints import file_sha256
 from audit.data.cache import default_cache_dir
 from audit.errors import AuditInputError
 from audit.gates import LoadedGates, StageState, Verdict, check_stage_names, decide, load_gates
-from audit.jsonio import write_json_atomic
+from audit.jsonio import json_safe, write_json_atomic
 from audit.metrics.statistics import Estimate
 from audit.registry import Registry, Runtime
 from audit.run_config import DEFAULT_N_FROM_MODEL, GENERATE, RunConfig, stage_order
@@ -139,18 +139,41 @@ class StageRecord:
         return StageState(self.status, self.reason, dict(self.output.skipped), tuple(self.output.figures))
 
 
-def read_finished(folder: Path, key: str) -> StageRecord | None:
-    """The stage's record if OUT/<stage>/stage.json says it finished with this key."""
+KEY_PART_WORDS = {"params": "its parameters", "synthetic": "the synthetic images", "data": "the real data or the "
+                  "members", "seed": "the seed", "model_hash": "the model", "kind": "the model's kind",
+                  "sampling": "the sampling settings", "n": "n", "stage": "the stage"}
+
+
+def _read_stage_file(folder: Path) -> dict[str, Any] | None:
     import json
 
-    path = folder / STAGE_FILE
     try:
-        data = json.loads(path.read_text())
-        if data.get("key") != key or data.get("status") != "ok":
-            return None
+        data = json.loads((folder / STAGE_FILE).read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None  # missing or torn: the stage runs again
+
+
+def read_finished(folder: Path, key: str) -> StageRecord | None:
+    """The stage's record if OUT/<stage>/stage.json says it finished with this key."""
+    data = _read_stage_file(folder)
+    if data is None or data.get("key") != key or data.get("status") != "ok":
+        return None
+    try:
         return StageRecord.from_json(folder.name, data)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing, torn or foreign: the stage runs again
+    except (KeyError, TypeError, ValueError):
+        return None  # foreign: the stage runs again
+
+
+def rerun_reason(folder: Path, key_parts: Mapping[str, Any]) -> str | None:
+    """Why a stage that finished before runs again: which of the things it depends on changed."""
+    data = _read_stage_file(folder)
+    if data is None or not isinstance(data.get("key_parts"), dict):
+        return None
+    old = data["key_parts"]
+    changed = [KEY_PART_WORDS.get(k, k) for k in key_parts
+               if stable_hash(old.get(k), 32) != stable_hash(json_safe(key_parts[k]), 32)]
+    return f"re-run: {', '.join(changed)} changed" if changed else None
 
 
 def check_output(name: str, output: Any, out_dir: Path) -> StageOutput:
@@ -334,12 +357,12 @@ class Progress:
     def start(self, name: str) -> None:
         self.bar.set_description(f"audit: {name}")
 
-    def done(self, record: StageRecord, reused: bool) -> None:
+    def done(self, record: StageRecord, reused: bool, note: str | None = None) -> None:
         self.bar.update(1)
         if self.say is not None:
             note = {"ok": "done", "skipped": "skipped", "error": "FAILED", "not_requested": "not requested"}
             time_text = f"{record.seconds:.1f} s" if record.seconds is not None else ""
-            extra = " (reused from a previous run)" if reused else ""
+            extra = " (reused from a previous run)" if reused else (f" ({note})" if note else "")
             why = f": {record.reason}" if record.reason else ""
             line = f"  {record.name:<11} {note[record.status]:<13} {time_text:>9}{extra}{why}"
             if self.enabled:
@@ -369,6 +392,7 @@ class Pipeline:
         # what this process computed vs took from a previous run (tests count these, not the clock)
         self.computed: list[str] = []
         self.reused: list[str] = []
+        self.notes: dict[str, str | None] = {}  # stage → why it re-ran (what it depends on changed)
 
     # --- checks before any work -------------------------------------------------------------------------------
     def load_gates(self) -> LoadedGates:
@@ -418,7 +442,7 @@ class Pipeline:
             progress.start(GENERATE)
             generation, synthetic = self._generate(prepared)
             records[GENERATE] = generation
-            progress.done(generation, GENERATE in self.reused)
+            progress.done(generation, GENERATE in self.reused, self.notes.get(GENERATE))
             inputs = StageInputs(data_config=prepared.data_config, train=prepared.train, holdout=prepared.holdout,
                                  synthetic=synthetic, generator=prepared.generator, members=prepared.members)
             for name in order:
@@ -427,7 +451,7 @@ class Pipeline:
                     continue
                 progress.start(name)
                 records[name] = self._stage(name, inputs, generation, prepared, runtime, cache)
-                progress.done(records[name], name in self.reused)
+                progress.done(records[name], name in self.reused, self.notes.get(name))
             progress.start("report")
             figures = {f"{name}/{fig}": est for name, rec in records.items() for fig, est in rec.output.figures.items()}
             verdict = decide(gates.gates, figures, {name: rec.state() for name, rec in records.items()})
@@ -455,7 +479,9 @@ class Pipeline:
         folder = self.out / GENERATE
         run_part = {"model_hash": prepared.model_hash, "kind": prepared.model_kind, "seed": opts.seed,
                     "sampling": self.config.generate.model_dump(mode="json", exclude={"batch_size"})}
-        key = stable_hash({**run_part, "n": prepared.n}, length=32)
+        key_parts = {**run_part, "n": prepared.n}
+        key = stable_hash(key_parts, length=32)
+        self.notes[GENERATE] = rerun_reason(folder, key_parts)
         parameters = {"n": prepared.n, "seed": opts.seed, **self.config.generate.model_dump(mode="json"),
                       "model_kind": prepared.model_kind}
         started, t0 = now_utc(), time.perf_counter()
@@ -481,7 +507,7 @@ class Pipeline:
                    else "sampled by the model", "images": str(images)}
         record = StageRecord(GENERATE, "ok", None, time.perf_counter() - t0, started, key, parameters,
                              StageOutput(details=details))
-        write_json_atomic(folder / STAGE_FILE, record.to_json())
+        write_json_atomic(folder / STAGE_FILE, {**record.to_json(), "key_parts": key_parts})
         return record, synthetic
 
     def _sample_into(self, prepared: Prepared, images: Path, run_key: str) -> None:
@@ -524,9 +550,11 @@ class Pipeline:
             return StageRecord(name, "error", f"not run: generation failed ({generation.reason})",
                                0.0, started)
         params = self.config.stage_params[name]
-        key = stable_hash({"stage": name, "params": params.model_dump(mode="json"), "synthetic": generation.key,
-                           "data": prepared.data_key, "seed": runtime.seed}, length=32)
+        key_parts = {"stage": name, "params": params.model_dump(mode="json"), "synthetic": generation.key,
+                     "data": prepared.data_key, "seed": runtime.seed}
+        key = stable_hash(key_parts, length=32)
         finished = read_finished(folder, key)
+        self.notes[name] = None if finished is not None else rerun_reason(folder, key_parts)
         if finished is not None:
             self.reused.append(name)
             return finished
@@ -546,7 +574,8 @@ class Pipeline:
         except Exception as err:  # fail closed: recorded as this stage's error, the run goes on
             return self._failed(name, folder, err, key, parameters, started, t0)
         record = StageRecord(name, "ok", None, time.perf_counter() - t0, started, key, parameters, output)
-        write_json_atomic(folder / STAGE_FILE, record.to_json())  # last: the stage is finished when this exists
+        # last: the stage is finished when this exists; key_parts say later why a rerun must redo it
+        write_json_atomic(folder / STAGE_FILE, {**record.to_json(), "key_parts": key_parts})
         return record
 
     def _failed(self, name: str, folder: Path, err: Exception, key: str | None, parameters: dict[str, Any],

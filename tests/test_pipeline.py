@@ -111,6 +111,7 @@ def test_a_rerun_recomputes_nothing_and_a_config_change_reruns_only_its_stage(wo
     changed = pipeline(world, out, registry, config_file=config)
     result = changed.run()
     assert changed.computed == ["membership"]
+    assert changed.notes["membership"] == "re-run: its parameters changed"  # said on the progress line
     assert pf.RUNS["membership"] == before["membership"] + 1
     assert result.report["config"]["membership"] == {"knob": 1}
     # the data changes: everything downstream of it re-runs, generation (the model's own images) does not
@@ -119,6 +120,7 @@ def test_a_rerun_recomputes_nothing_and_a_config_change_reruns_only_its_stage(wo
     moved = pipeline(world, out, registry, config_file=config, data_root=tmp_path / "data2")
     moved.run()
     assert sorted(moved.computed) == ["fidelity", "membership", "reid", "replicas", "utility"]
+    assert moved.notes["reid"] == "re-run: the real data or the members changed"
 
 
 def test_generation_is_keyed_by_model_seed_and_n(world, tmp_path):

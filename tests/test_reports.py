@@ -266,3 +266,19 @@ def test_strip_volatile_removes_timestamps_durations_and_cache_hits_only():
         "verdict": "PASS", "provenance": {"command": ["audit"]},
         "stages": {"utility": {"status": "ok", "details": {"steps": 300, "training": [{"loss": 0.1}]}}}}
     assert report["stages"]["utility"]["seconds"] == 3.0  # a copy: the report itself is untouched
+
+
+def test_compare_names_the_stage_parameters_that_differ(report_dir):
+    from reports.compare import comparability_warnings
+
+    a = json.loads((report_dir / "report.json").read_text())
+    b = copy.deepcopy(a)
+    b["stages"]["fidelity"]["parameters"] = {"knob": 0, "extractor": "inception"}
+    a["stages"]["fidelity"]["parameters"] = {"knob": 0, "extractor": "radiomics"}
+    b["synthetic"]["n"] = 99
+    warnings = comparability_warnings([a, b], ["a", "b"])
+    assert warnings == ["the reports used different feature extractors / fidelity parameters (differing keys: "
+                        "extractor)",
+                        "the reports audited different numbers of synthetic images (a: 10; b: 99): their intervals "
+                        "differ in width for that reason alone"]
+    assert comparability_warnings([a, copy.deepcopy(a)], ["a", "b"]) == []
