@@ -51,6 +51,7 @@ class Runtime:
     seed: int = 0
     progress: bool = False
     cache_dir: Path | None = None  # shared cache of data-only artefacts (None: the suite's default)
+    executor: Any = None  # audit.parallel executor of the per-image passes (None: in process)
 
     def with_(self, **changes: Any) -> "Runtime":
         return replace(self, **changes)

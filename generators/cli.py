@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from audit.commands.common import add_data_options, data_config_from_args
+from audit.parallel import add_executor_options
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
     generate.add_argument("--steps", type=int, help="sampling steps (default: the model's config)")
     generate.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the config's)")
     _add_device(generate)
+    add_executor_options(generate)
     generate.set_defaults(func=run_generate)
 
 
@@ -79,19 +81,22 @@ def run_generate(args) -> int:
     from audit.errors import AuditInputError
     from generators.conditions import read_conditions_csv
     from generators.loading import load_generator
-    from generators.writer import generate_to_folder
+    from audit.parallel import executor_from_args
+    from generators.writer import GeneratorSource, generate_to_folder
 
     _set_threads(args)
     if args.n < 1 or args.batch_size < 1:
         raise AuditInputError(None, "--n and --batch-size must be at least 1")
+    executor = executor_from_args(args)  # a missing Ray is an error before any model loads
     generator = load_generator(args.model, device=args.device)
     overrides = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance))
                  if v is not None}
     if overrides:
         generator = _with_sampling(generator, overrides)
     conditions = read_conditions_csv(args.conditions) if args.conditions else None
+    source = GeneratorSource(str(args.model), args.device, tuple(sorted(overrides.items())))
     result = generate_to_folder(generator, args.out, args.n, seed=args.seed, batch_size=args.batch_size,
-                                conditions=conditions)
+                                conditions=conditions, executor=executor, source=source)
     print(f"generated {result.written} images ({result.skipped} already there) → {args.out}")
     return 0
 

@@ -3,6 +3,11 @@
 Image i is a function of (model, seed, i, condition i) only, each file is written atomically (temp name, then
 rename), and the manifest is a function of the same inputs — so a rerun after a crash skips the files that exist
 and ends with exactly the folder an uninterrupted run would have written. 2D → 16-bit PNG, 3D → NIfTI (float32).
+
+The batches go through the executor layer (`audit.parallel`): in process by default, or sharded over Ray actors
+(`--ray-address`), each actor loading the model once from its folder (`GeneratorSource`) and writing the files of
+the aligned batches it is given. The batches are the same aligned ones either way, so a distributed run writes
+the same bytes as a single-process run with the same --threads.
 """
 
 from __future__ import annotations
@@ -11,11 +16,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
-
+from typing import Any, Sequence
 
 from audit.data.imageio import image_file_name, write_image_file
 from audit.errors import AuditInputError
+from audit.parallel import LOCAL, Executor, Source, resolve, shipped
 from generators.base import Condition, Generator
 from generators.checkpoint import read_json
 from generators.conditions import condition_to_row, write_rows_csv
@@ -64,8 +69,42 @@ class GenerateResult:
     skipped: int
 
 
+@dataclass(frozen=True)
+class GeneratorSource(Source):
+    """How a worker loads the generator itself: the model folder, the device and the sampling overrides."""
+
+    model: str
+    device: str = "cpu"
+    sampling: tuple[tuple[str, Any], ...] = ()  # e.g. (("num_inference_steps", 20),)
+
+    def load(self) -> Generator:
+        from generators.loading import load_generator
+
+        generator = load_generator(self.model, device=self.device)
+        return generator.with_sampling(**dict(self.sampling)) if self.sampling else generator
+
+
+class WriteBatch:
+    """One aligned batch on a worker: sample it whole (as the uninterrupted run did), write the missing images."""
+
+    def __init__(self, generator: Generator | GeneratorSource, out: str, seed: int, ndim: int):
+        self.generator = resolve(generator)
+        self.out, self.seed, self.ndim = Path(out), seed, ndim
+
+    def __call__(self, group: list[tuple[int, Condition, bool]]) -> list[bool]:
+        first = group[0][0]
+        images = self.generator.sample([condition for _, condition, _ in group], self.seed, first_index=first)
+        for (i, _, missing), image in zip(group, images):
+            if missing:
+                write_image_file(image, self.out / file_name(i, self.ndim))
+        return [missing for _, _, missing in group]
+
+
 def generate_to_folder(generator: Generator, out: str | Path, n: int, seed: int = 0, batch_size: int = 8,
-                       conditions: Sequence[Condition] | None = None, progress: bool = True) -> GenerateResult:
+                       conditions: Sequence[Condition] | None = None, progress: bool = True,
+                       executor: Executor | None = None, source: GeneratorSource | None = None) -> GenerateResult:
+    """Write images [0, n) not yet in `out`. `executor` (default: in process) runs the batches; on workers the
+    generator is loaded from `source` (without one, the `generator` object itself is shipped)."""
     from audit.progress import progress_bar
 
     out = Path(out)
@@ -90,13 +129,13 @@ def generate_to_folder(generator: Generator, out: str | Path, n: int, seed: int 
     todo = [i for i in range(n) if not (out / file_name(i, ndim)).is_file()]
     bar = progress_bar(total=n, desc="generate", initial=n - len(todo)) if progress else None
     missing = set(todo)
-    for batch in aligned_batches(todo, max(1, batch_size), n):
-        images = generator.sample(conds[batch.start:batch.stop], seed, first_index=batch.start)
-        for i, image in zip(batch, images):
-            if i in missing:
-                write_image_file(image, out / file_name(i, ndim))
-        if bar is not None:
-            bar.update(sum(1 for i in batch if i in missing))
+    # one group per aligned batch; items are (index, condition, missing) — the worker makes and writes the images
+    groups = [[(i, conds[i], i in missing) for i in batch] for batch in aligned_batches(todo, max(1, batch_size), n)]
+    executor = executor or LOCAL
+    executor.map_groups(WriteBatch, groups,
+                        constructor_kwargs={"generator": shipped(executor, generator, source), "out": str(out),
+                                            "seed": int(seed), "ndim": ndim},
+                        on_group=(lambda _, written: bar.update(sum(written))) if bar is not None else None)
     if bar is not None:
         bar.close()
 

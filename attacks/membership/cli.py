@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from audit.commands.common import add_data_options
+from audit.parallel import add_executor_options
 from audit.errors import EXIT_OK
 
 
@@ -60,6 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (1 is fastest on a busy machine)")
+    add_executor_options(p)
     p.set_defaults(func=run)
 
 
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from attacks.membership.pipeline import build_attacks, run_membership, write_outputs
     from attacks.membership.registry import ATTACKS, DEFAULT_ATTACKS
     from audit.errors import AuditInputError
+    from audit.parallel import executor_from_args
     from audit.registry import Runtime, parse_option_assignments
 
     if args.threads:
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if value < 1:
             raise AuditInputError(flag, "must be at least 1")
     runtime = Runtime(device=args.device, batch_size=args.batch_size, seed=args.seed, progress=True,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, executor=executor_from_args(args))
     build_attacks(names, options, runtime)  # parameters validated before any model is loaded
     prepared = prepare_inputs(args, names, runtime)
     match_fields = [f.strip() for f in args.match_fields.split(",") if f.strip()] if args.match_fields else None

@@ -90,6 +90,14 @@ def quiet_diffusers() -> None:
     diffusers_logging.set_verbosity_error()
 
 
+def denoiser_source(model, device: str):
+    """What an executor worker loads the white-box access from: the model folder (paths travel)."""
+    from attacks.membership.whitebox import DenoiserSource
+    from generators.writer import GeneratorSource
+
+    return DenoiserSource(GeneratorSource(str(model), device))
+
+
 def prepare_inputs(args, names, runtime) -> PreparedInputs:
     from audit.commands.common import data_config_from_args
     from audit.data.dataset import open_dataset
@@ -163,7 +171,7 @@ def prepare_inputs(args, names, runtime) -> PreparedInputs:
         sources["embedding"] = ("re-id attacker trained on the dataset's train split" if dataset is not None
                                 else "re-id attacker trained on the members folder")
     target = AttackTarget(denoiser, no_denoiser, synthetic, no_synthetic, embedder, no_embedder,
-                          is_conditional(generator))
+                          is_conditional(generator), denoiser_source=denoiser_source(args.model, runtime.device))
     roots = {"members": Path(args.members) if from_folder["members"] else None,
              "nonmembers": Path(args.nonmembers) if from_folder["nonmembers"] else None}
     member_name = relative_name(roots["members"]) if roots["members"] else (lambda r: r.id)

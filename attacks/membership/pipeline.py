@@ -83,6 +83,7 @@ class AttackTarget:
     embedder: Embedder | None = None
     no_embedder_reason: str = ""
     conditional: bool = False  # the model takes the candidates' labels as conditions
+    denoiser_source: Any | None = None  # how executor workers load the denoiser (whitebox.DenoiserSource)
 
 
 def whitebox_access(generator) -> tuple[Any | None, str]:
@@ -231,7 +232,8 @@ def run_membership(generator, members, nonmembers, attack_names: Sequence[str], 
         parts = []
         for label, dataset in (("members", member_set), ("non-members", nonmember_set)):
             part, spent = score_whitebox(whitebox, target.denoiser, dataset, runtime, conditional=target.conditional,
-                                         progress=f"white-box attacks: {label}" if runtime.progress else None)
+                                         progress=f"white-box attacks: {label}" if runtime.progress else None,
+                                         denoiser_source=target.denoiser_source)
             parts.append(part)
             for name, s in spent.items():
                 seconds[name] = seconds.get(name, 0.0) + s

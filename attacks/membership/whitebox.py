@@ -26,6 +26,7 @@ condition), `null` the classifier-free null condition.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch
 from pydantic import field_validator, model_validator
 
 from audit.errors import AuditInputError
+from audit.parallel import Source, executor_of, image_loader, resolve, shipped
 from audit.registry import Params, Runtime
 from generators.base import Condition, Denoiser, image_seed
 
@@ -275,34 +277,62 @@ def stack_batch(dataset, records) -> tuple[np.ndarray, list[Condition]]:
     return images, [Condition.from_record(r, boxes) for r, (_, boxes) in zip(records, loaded)]
 
 
+@dataclass(frozen=True)
+class DenoiserSource(Source):
+    """How a worker gets white-box access itself: it loads the generator (`GeneratorSource`) and asks it for its
+    denoiser."""
+
+    generator: Source
+
+    def load(self) -> Denoiser:
+        return self.generator.load().denoiser()
+
+
+class ScoreWhiteBox:
+    """One batch of records on a worker (`audit.parallel`): read the images, encode them once, score them with every
+    attack. Per record: (scores by attack, that record's share of each attack's seconds)."""
+
+    def __init__(self, attacks: Sequence[WhiteBoxAttack], denoiser, loader, conditional: bool):
+        self.attacks, self.loader, self.conditional = list(attacks), loader, conditional
+        self.denoiser = resolve(denoiser)
+
+    def __call__(self, records) -> list[tuple[dict[str, float], dict[str, float]]]:
+        import time
+
+        images, conditions = stack_batch(self.loader, records)
+        x0 = self.denoiser.encode(images)
+        keys = [record_key(r.id) for r in records]
+        scores, seconds = {}, {}
+        for attack in self.attacks:
+            started = time.perf_counter()
+            scores[attack.name] = attack.score_batch(self.denoiser, x0, conditions if self.conditional else None,
+                                                     keys).double().cpu().numpy()
+            seconds[attack.name] = (time.perf_counter() - started) / len(records)
+        return [({name: float(s[i]) for name, s in scores.items()}, seconds) for i in range(len(records))]
+
+
 def score_whitebox(attacks: Sequence[WhiteBoxAttack], denoiser: Denoiser, dataset, runtime: Runtime,
-                   conditional: bool = True, progress: str | None = None
+                   conditional: bool = True, progress: str | None = None, denoiser_source: Source | None = None
                    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Scores of every attack for every record of `dataset` (images at the generator's shape), and the seconds
     each attack spent (encoding excluded: it is shared). Each batch is encoded once (x0 = the denoiser's
-    encode) and given to every attack."""
-    import time
-
+    encode) and given to every attack. The batches run on `runtime.executor` (in process by default; on Ray
+    actors each loads the model from `denoiser_source`, else the denoiser object travels): the same batches of
+    records either way, so the scores are the same."""
     from audit.progress import progress_bar
 
     for attack in attacks:
         attack.check(denoiser)
-    out: dict[str, list[np.ndarray]] = {a.name: [] for a in attacks}
-    seconds = {a.name: 0.0 for a in attacks}
+    executor = executor_of(runtime)
     records = list(dataset.records)
     bar = progress_bar(total=len(records), desc=progress) if progress else None
-    for start in range(0, len(records), runtime.batch_size):
-        batch = records[start:start + runtime.batch_size]
-        images, conditions = stack_batch(dataset, batch)
-        x0 = denoiser.encode(images)
-        keys = [record_key(r.id) for r in batch]
-        for attack in attacks:
-            started = time.perf_counter()
-            scores = attack.score_batch(denoiser, x0, conditions if conditional else None, keys)
-            out[attack.name].append(scores.double().cpu().numpy())
-            seconds[attack.name] += time.perf_counter() - started
-        if bar is not None:
-            bar.update(len(batch))
+    results = executor.map_batches(
+        ScoreWhiteBox, records, batch_size=runtime.batch_size,
+        constructor_kwargs={"attacks": attacks, "denoiser": shipped(executor, denoiser, denoiser_source),
+                            "loader": image_loader(dataset), "conditional": conditional},
+        on_group=(lambda _, r: bar.update(len(r))) if bar is not None else None)
     if bar is not None:
         bar.close()
-    return {name: (np.concatenate(parts) if parts else np.zeros(0)) for name, parts in out.items()}, seconds
+    scores = {a.name: np.array([per_record[a.name] for per_record, _ in results], np.float64) for a in attacks}
+    seconds = {a.name: float(sum(spent[a.name] for _, spent in results)) for a in attacks}
+    return scores, seconds

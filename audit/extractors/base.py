@@ -15,11 +15,13 @@ An extractor says
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from audit.errors import AuditInputError
+from audit.parallel import Source
 from audit.registry import Params, Runtime
 
 PLANE_AXES = (0, 1, 2)  # axial-like (fix D), coronal-like (fix H), sagittal-like (fix W) of a (D, H, W) volume
@@ -46,6 +48,21 @@ def plane_slices(volumes: np.ndarray, axis: int, count: int) -> np.ndarray:
     slices = np.take(volumes, positions, axis=axis + 1)  # (B, ..count.., ...) with count at axis+1
     slices = np.moveaxis(slices, axis + 1, 1)  # (B, count, h, w)
     return np.ascontiguousarray(slices.reshape(-1, *slices.shape[2:]))
+
+
+@dataclass(frozen=True)
+class ExtractorSource(Source):
+    """How a worker rebuilds an extractor: its registry name, declared parameters (weights as a path) and a
+    runtime that keeps the work in that worker."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    runtime: Runtime = Runtime()
+
+    def load(self) -> "FeatureExtractor":
+        from audit.extractors import EXTRACTORS
+
+        return EXTRACTORS.create(self.name, self.options, self.runtime)
 
 
 class FeatureExtractor:
@@ -77,6 +94,11 @@ class FeatureExtractor:
 
     def describe(self) -> dict[str, Any]:
         return self.identity()
+
+    def source(self) -> ExtractorSource:
+        """The recipe a worker rebuilds this extractor from (features equal to this one's, row for row)."""
+        return ExtractorSource(self.name, self.params.model_dump(mode="json"),
+                               self.runtime.with_(executor=None, progress=False))
 
     def feature_names(self) -> list[str] | None:
         """Names of the feature columns when they mean something on their own (hand-crafted features)."""

@@ -91,6 +91,12 @@ class DomainExtractor(FeatureExtractor):
         self._require_encoder()
         return self.encoder.embed(images)
 
+    def source(self):
+        """Workers load the trained encoder from its folder (the cached artefact or the user's weights)."""
+        self._require_encoder()
+        recipe = super().source()
+        return type(recipe)(recipe.name, {**recipe.options, "weights": str(self.encoder_folder)}, recipe.runtime)
+
     def describe(self) -> dict:
         info = {k: v for k, v in (self.encoder.info if self.encoder else {}).items() if k != "checkpoint"}
         return {**self.identity(), "encoder": info}

@@ -1,6 +1,7 @@
 """Feature sets of image datasets, streamed in batches and cached when they depend only on real data.
 
-`extract_feature_set` walks `ImageDataset.iter_images` (memory bounded by the batch, never every image at once)
+`extract_feature_set` sends the dataset's records in batches through the executor layer (`audit.parallel`: in
+process by default, Ray actors with --ray-address; each worker reads its own images, memory bounded by the batch)
 and keeps the feature rows (small: n × d) plus their streaming mean and covariance. `cached_feature_set` stores
 both under the artefact cache, keyed by what they depend on — the dataset's fingerprint (record ids, labels,
 file identities, preprocessing), the split, and the extractor's identity (name, parameters, weights hash, feature
@@ -17,6 +18,7 @@ import numpy as np
 
 from audit.errors import AuditInputError
 from audit.metrics.fidelity import StreamingMoments
+from audit.parallel import LOCAL, image_loader, resolve
 
 FEATURES_ARTEFACT = "fidelity-features"
 
@@ -32,25 +34,47 @@ class FeatureSet:
         return len(self.features)
 
 
-def extract_feature_set(extractor, dataset, batch_size: int = 32, progress: str | None = None) -> FeatureSet:
-    """Features of every image of `dataset`, streamed in batches of `batch_size`."""
-    extractor.check_ndim(dataset.ndim)
-    moments = StreamingMoments()
-    rows: list[np.ndarray] = []
-    ids: list[str] = []
-    for images, records in dataset.iter_images(batch_size=batch_size, progress=progress):
-        features = np.asarray(extractor.extract(images), np.float32)
+class ExtractFeatures:
+    """One batch of records on a worker (`audit.parallel`): read the images, extract, check they are finite."""
+
+    def __init__(self, extractor, loader):
+        self.extractor = resolve(extractor)
+        self.loader = loader  # the dataset without its record list: decoder, preprocessing, cache
+
+    def __call__(self, records) -> list[np.ndarray]:
+        images = np.stack([self.loader.load(r)[0] for r in records])
+        features = np.asarray(self.extractor.extract(images), np.float32)
         bad = ~np.isfinite(features).all(axis=1)
         if bad.any():
             raise AuditInputError(records[int(np.flatnonzero(bad)[0])].path,
-                                  f"extractor '{extractor.display_name}' gives non-finite features for this image")
-        moments.update(features)
-        rows.append(features)
-        ids += [r.id for r in records]
-    if not rows:
+                                  f"extractor '{self.extractor.display_name}' gives non-finite features for this "
+                                  "image")
+        return list(features)
+
+
+def extract_feature_set(extractor, dataset, batch_size: int = 32, progress: str | None = None,
+                        executor=None) -> FeatureSet:
+    """Features of every image of `dataset`, in batches of `batch_size` (in process, or on the executor's workers:
+    records travel, each worker reads its images; rows come back in record order, the same batches either way)."""
+    from audit.progress import progress_bar
+
+    extractor.check_ndim(dataset.ndim)
+    if len(dataset) == 0:
         raise AuditInputError(None, f"dataset '{dataset.name}' has no images")
+    executor = executor or LOCAL
+    bar = progress_bar(total=len(dataset), desc=progress) if progress else None
+    shipped_extractor = extractor if executor.in_process else extractor.source()
+    rows = executor.map_batches(ExtractFeatures, dataset.records, batch_size=batch_size,
+                                constructor_kwargs={"extractor": shipped_extractor, "loader": image_loader(dataset)},
+                                on_group=(lambda _, r: bar.update(len(r))) if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    features = np.stack(rows).astype(np.float32, copy=False)
+    moments = StreamingMoments()
+    for start in range(0, len(features), batch_size):  # the batches of the streaming pass: the same sums
+        moments.update(features[start:start + batch_size])
     cov = moments.cov if moments.n >= 2 else np.full((len(moments.mean),) * 2, np.nan)
-    return FeatureSet(np.concatenate(rows), ids, moments.mean, cov)
+    return FeatureSet(features, [r.id for r in dataset.records], moments.mean, cov)
 
 
 def feature_set_key(extractor, dataset, split: str) -> dict:
@@ -76,9 +100,9 @@ def load_feature_set(folder: Path) -> FeatureSet:
 
 
 def cached_feature_set(extractor, dataset, split: str, cache, batch_size: int = 32,
-                       progress: str | None = None) -> FeatureSet:
+                       progress: str | None = None, executor=None) -> FeatureSet:
     """The feature set of a real dataset, from the artefact cache when it was computed before."""
     def build(folder: Path) -> None:
-        save_feature_set(extract_feature_set(extractor, dataset, batch_size, progress), folder)
+        save_feature_set(extract_feature_set(extractor, dataset, batch_size, progress, executor), folder)
 
     return load_feature_set(cache.get_or_build(FEATURES_ARTEFACT, feature_set_key(extractor, dataset, split), build))

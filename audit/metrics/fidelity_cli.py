@@ -24,6 +24,7 @@ DEFAULT_GENERATED = 64  # images generated with --model: CPU-sized (the phantom 
 def register(subparsers) -> None:
     from audit.commands.common import add_debug
     from audit.extractors import DEFAULT_EXTRACTOR, extractor_spec_names
+    from audit.parallel import add_executor_options
 
     p = subparsers.add_parser(
         "fidelity", help="FID/KID/precision-recall/density-coverage of synthetic vs real images",
@@ -54,6 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="images per feature batch (default %(default)s)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (1 is fastest on a busy machine)")
+    add_executor_options(p)
     add_debug(p)
     p.set_defaults(func=run)
 
@@ -87,7 +89,7 @@ def _check_form(args: argparse.Namespace) -> None:
         raise AuditInputError(None, "--n and --batch-size must be at least 1, --n-boot at least 0")
 
 
-def _inputs(args: argparse.Namespace, out: Path):
+def _inputs(args: argparse.Namespace, out: Path, executor=None):
     from audit.data.readers.folder import open_folder
     from audit.stages import StageInputs
 
@@ -109,11 +111,12 @@ def _inputs(args: argparse.Namespace, out: Path):
     synthetic_dir = args.synthetic
     if args.model is not None:
         from generators.loading import load_generator
-        from generators.writer import generate_to_folder
+        from generators.writer import GeneratorSource, generate_to_folder
 
         synthetic_dir = out / "synthetic"
         generate_to_folder(load_generator(args.model, device=args.device), synthetic_dir, args.n, seed=args.seed,
-                           batch_size=min(args.batch_size, 8), progress=True)
+                           batch_size=min(args.batch_size, 8), progress=True, executor=executor,
+                           source=GeneratorSource(str(args.model), args.device))
     synthetic = open_folder(synthetic_dir, shape=train.shape, name="synthetic")
     return StageInputs(data_config=config, train=train, holdout=test if len(test) else None, synthetic=synthetic)
 
@@ -125,7 +128,10 @@ def run(args: argparse.Namespace) -> int:
     from audit.registry import Runtime
     from audit.stages import StageContext
 
+    from audit.parallel import executor_from_args
+
     _check_form(args)
+    executor = executor_from_args(args)  # a missing Ray is an error before any work
     if args.threads:
         import torch
         from threadpoolctl import threadpool_limits
@@ -134,12 +140,12 @@ def run(args: argparse.Namespace) -> int:
         threadpool_limits(args.threads)  # numpy's BLAS too (the bootstrap's eigen/singular value problems)
     out = Path(args.out)
     runtime = Runtime(device=args.device, batch_size=args.batch_size, seed=args.seed, progress=progress_enabled(),
-                      cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+                      cache_dir=Path(args.cache_dir) if args.cache_dir else None, executor=executor)
     stage = FidelityStage(FidelityStage.Params(extractor=args.extractor, weights=args.weights,
                                                extractor_options=parse_extractor_options(args.extractor_option),
                                                n_boot=args.n_boot, seed=args.seed), runtime)
     stage.extractor()  # weights and options are checked before any image is read or generated
-    inputs = _inputs(args, out)
+    inputs = _inputs(args, out, executor)
     stage.requirements(inputs)
     output = stage.run(inputs, StageContext(out_dir=out, runtime=runtime, cache=ArtifactCache(runtime.cache_dir)))
     print(summary_line(output))

@@ -27,6 +27,7 @@ from audit.metrics.fidelity import (
     manifold_indicators,
 )
 from audit.metrics.statistics import Estimate
+from audit.parallel import executor_of
 from audit.registry import Params, Runtime
 from audit.stages import Artefact, StageContext, StageInputs, StageOutput
 
@@ -176,10 +177,11 @@ class FidelityStage:
     # --- work ----------------------------------------------------------------------------------------------
     def _features(self, dataset, split: str, context: StageContext, cached: bool) -> FeatureSet:
         progress = f"features: {split}" if self.runtime.progress else None
+        executor = executor_of(self.runtime)  # in process, or Ray actors (--ray-address)
         if cached:
             return cached_feature_set(self.extractor(), dataset, split, context.cache, self.runtime.batch_size,
-                                      progress)
-        return extract_feature_set(self.extractor(), dataset, self.runtime.batch_size, progress)
+                                      progress, executor)
+        return extract_feature_set(self.extractor(), dataset, self.runtime.batch_size, progress, executor)
 
     def _floor(self, inputs: StageInputs, context: StageContext, train: FeatureSet, standardise) -> dict[str, Any]:
         """Held-out real vs training real: computed once per (data, extractor, metric settings), then cached."""
