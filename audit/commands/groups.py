@@ -13,10 +13,4 @@ def register_group(subparsers, name: str, help_text: str, verb_modules: tuple[st
     verbs = group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
     verbs.required = True
     for module_name in verb_modules:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:  # DEVELOPMENT ONLY: verbs land one issue at a time; removed once all exist
-            if err.name == module_name:
-                continue
-            raise
-        module.register(verbs)
+        importlib.import_module(module_name).register(verbs)
