@@ -47,8 +47,9 @@ QUESTIONS = (
      "confidently than 1 % of pairs of different real patients, above that chance level. The sanity figures show "
      "the attacker does recognise real patients — a weak attacker's low risk would prove nothing."),
     ("worth", "Is the synthetic data worth releasing?", ("fidelity", "utility"),
-     "Fidelity compares synthetic and real images in a feature space: FID relative to the distance between two "
-     "halves of the real set (the floor), precision/recall and density/coverage. Utility trains one classifier "
+     "Fidelity compares synthetic and real images in a feature space: FID relative to the FID of held-out real "
+     "images against the training images at the same number of images (the floor), precision/recall and "
+     "density/coverage. Utility trains one classifier "
      "on synthetic images and one on real images and tests both on real held-out images."),
 )
 
@@ -77,8 +78,8 @@ FIGURE_LABELS = {
     "recall": "recall (real images covered by the synthetic manifold)",
     "density": "density",
     "coverage": "coverage",
-    "real_floor/fid": "FID between two halves of the real set (floor)",
-    "real_floor/kid": "KID between two halves of the real set (floor)",
+    "real_floor/fid": "FID of held-out real vs training images (floor)",
+    "real_floor/kid": "KID of held-out real vs training images (floor)",
     "fid_over_floor": "FID relative to the real-vs-real floor",
     "tstr_auc": "AUC trained on synthetic, tested on real",
     "trtr_auc": "AUC trained on real, tested on real",
