@@ -379,7 +379,7 @@ class Pipeline:
 
     def __init__(self, config: RunConfig, registry: Registry | None = None,
                  load_model: Callable[[Path, str], Any] | None = None, command: list[str] | None = None,
-                 show_progress: bool = False, say: Callable[[str], None] | None = None):
+                 show_progress: bool = False, say: Callable[[str], None] | None = None, executor: Any = None):
         from audit.stages import STAGES
 
         self.config = config
@@ -388,6 +388,7 @@ class Pipeline:
         self.command = list(command or [])
         self.show_progress = show_progress
         self.say = say
+        self.executor = executor  # audit.parallel executor of the per-image passes (None: in process)
         self.out = Path(config.options.out)
         # what this process computed vs took from a previous run (tests count these, not the clock)
         self.computed: list[str] = []
@@ -435,7 +436,8 @@ class Pipeline:
                      "be ERROR")
         progress = Progress([GENERATE, *self.config.stages, "report"], self.show_progress, self.say)
         runtime = Runtime(device=opts.device, batch_size=opts.batch_size, seed=opts.seed,
-                          progress=self.show_progress, cache_dir=opts.cache_dir or default_cache_dir())
+                          progress=self.show_progress, cache_dir=opts.cache_dir or default_cache_dir(),
+                          executor=self.executor)
         cache = ArtifactCache(runtime.cache_dir)
         records: dict[str, StageRecord] = {}
         try:
@@ -528,7 +530,8 @@ class Pipeline:
         else:
             (images.parent / STAGE_FILE).unlink(missing_ok=True)
         generate_to_folder(prepared.generator, images, prepared.n, seed=opts.seed,
-                           batch_size=self.config.generate.batch_size, progress=self.show_progress)
+                           batch_size=self.config.generate.batch_size, progress=self.show_progress,
+                           executor=self.executor, source=self._generator_source())
         # a smaller --n than last time: the images beyond it are not part of this run
         import csv
 
@@ -537,6 +540,18 @@ class Pipeline:
         for path in images.iterdir():
             if path.is_file() and path.name not in listed and path.name not in (MANIFEST, "generation.json"):
                 path.unlink()
+
+    def _generator_source(self):
+        """How a remote worker loads the model itself (None in process: the loaded generator is used)."""
+        from audit.parallel import LocalExecutor
+        from generators.writer import GeneratorSource
+
+        if self.executor is None or isinstance(self.executor, LocalExecutor):
+            return None
+        opts, gen = self.config.options, self.config.generate
+        sampling = tuple(sorted((k, v) for k, v in (("num_inference_steps", gen.steps),
+                                                    ("guidance_scale", gen.guidance)) if v is not None))
+        return GeneratorSource(str(Path(opts.model).resolve()), opts.device, sampling)
 
     # --- analysis stages --------------------------------------------------------------------------------------
     def _stage(self, name: str, inputs: StageInputs, generation: StageRecord, prepared: Prepared,

@@ -412,3 +412,39 @@ def test_bad_input_is_one_line_and_exit_2_before_any_report(world, tmp_path, use
     assert cli(world, tmp_path / "out", "--n", "50") == 2
     assert "holds 10 images; --n 50 were asked for" in capsys.readouterr().err
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_every_stage_gets_the_runs_executor_and_it_changes_no_key(world, tmp_path):
+    from audit.parallel import LocalExecutor
+
+    seen: dict[str, object] = {}
+
+    def recording(name):
+        base = pf.planted_stage(name, pf.GOOD_FIGURES[name])
+
+        class Recording(base):
+            def __init__(self, params, runtime):
+                super().__init__(params, runtime)
+                seen[name] = runtime.executor
+
+        return Recording
+
+    registry = pf.registry_with(**{name: recording(name) for name in pf.GOOD_FIGURES})
+    executor = LocalExecutor()  # not the module's LOCAL: the very object must reach the stages
+    config = resolve_run_config({"model": world["model"], "data": str(world["preset"]), "data_root": world["data"],
+                                 "out": tmp_path / "out", "gates": str(world["gates"])}, None, registry)
+    Pipeline(config, registry=registry, load_model=pf.load_fake, executor=executor).run()
+    assert set(seen) == set(pf.GOOD_FIGURES) and all(e is executor for e in seen.values())
+    # the same run in process reuses every stage: where the passes ran is not part of what a stage depends on
+    again = Pipeline(config, registry=registry, load_model=pf.load_fake)
+    again.run()
+    assert again.computed == [] and set(again.reused) >= set(pf.GOOD_FIGURES)
+
+
+def test_run_with_a_ray_address_but_no_ray_is_one_line_before_any_work(world, tmp_path, use_registry, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    assert cli(world, tmp_path / "out", "--ray-address", "local") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["error: --ray-address: needs Ray, which is not installed: pip install 'synth-audit[distributed]'"]
+    assert not (tmp_path / "out").exists()

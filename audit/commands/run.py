@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from audit.commands.common import add_data_options
+from audit.parallel import add_executor_options
 from audit.errors import EXIT_ERROR, EXIT_OK
 
 # flags that map 1:1 to keys of the run configuration (audit/run_config.py)
@@ -53,6 +54,7 @@ def register(subparsers) -> None:
                                                       "is PASS or WARN")
     run.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress; print only the verdict line (CI)")
+    add_executor_options(run)
     run.set_defaults(func=run_command)
 
     compare = subparsers.add_parser(
@@ -82,14 +84,18 @@ def invoked_command(args: argparse.Namespace) -> list[str]:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from audit.parallel import executor_from_args
     from audit.pipeline import Pipeline
     from audit.progress import progress_enabled
     from audit.run_config import resolve_run_config
 
     config = resolve_run_config({k: getattr(args, k, None) for k in FLAG_KEYS}, args.config)
+    # a missing Ray is a one-line error before any work; where the passes run never changes a result, so the
+    # executor is not part of the configuration (nor of any stage's key)
+    executor = executor_from_args(args)
     chatty = not (args.quiet or args.json)
     pipeline = Pipeline(config, command=invoked_command(args), show_progress=not args.quiet and progress_enabled(),
-                        say=(lambda line: print(line, file=sys.stderr)) if chatty else None)
+                        say=(lambda line: print(line, file=sys.stderr)) if chatty else None, executor=executor)
     result = pipeline.run()
     code = result.exit_code
     if result.release is not None and not result.release["released"] and result.verdict.verdict in ("PASS", "WARN"):
