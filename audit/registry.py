@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from audit.config import parse_yaml_text
 from audit.errors import AuditInputError
 
 T = TypeVar("T")
@@ -197,7 +197,9 @@ class Registry(Generic[T]):
 def parse_option_assignments(items: Iterable[str], flag: str = "--option") -> dict[str, dict[str, Any]]:
     """['ncc_reg.k=20', 'feature.weights=/w.safetensors'] → {'ncc_reg': {'k': 20}, 'feature': {...}}.
 
-    Values are read as YAML scalars (20 → int, 0.5 → float, true → bool, [1, 2] → list), never evaluated."""
+    Values are read by the config files' YAML reader (`audit.config.parse_yaml_text`: safe loader, no tag builds an
+    object, size and alias expansion bounded): 20 → int, 0.5 → float, true → bool, [1, 2] → list; never
+    evaluated."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         target, sep, value = item.partition("=")
@@ -205,8 +207,8 @@ def parse_option_assignments(items: Iterable[str], flag: str = "--option") -> di
         if not sep or not dot or not name.strip() or not key.strip():
             raise AuditInputError(None, f"{flag}: expected NAME.KEY=VALUE, got '{item}'")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise AuditInputError(None, f"{flag}: cannot read the value of '{item}'") from None
+            parsed = parse_yaml_text(value, flag) if value.strip() else None
+        except AuditInputError as err:
+            raise AuditInputError(None, f"{flag}: cannot read the value of '{item}' ({err.problem})") from None
         out.setdefault(name.strip(), {})[key.strip()] = parsed
     return out

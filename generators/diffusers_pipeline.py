@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +23,36 @@ from audit.checkpoints import PICKLE_SUFFIXES, refuse_pickle
 from generators.checkpoint import folder_hash, read_json
 
 
+def refuse_pickled_weights(folder: Path) -> None:
+    """Checked before diffusers opens any file: a weight file that is a pickle by content (also under the
+    .safetensors name) is refused, and so is a pickle-suffixed file with no safetensors twin (diffusers would
+    fall back to it). A .bin next to its .safetensors twin is never read (use_safetensors=True)."""
+    for weights in sorted(folder.rglob("*")):
+        name = weights.name.lower()
+        if name.endswith(".safetensors"):
+            refuse_pickle(weights)
+        elif name.endswith(PICKLE_SUFFIXES) and \
+                not weights.with_name(weights.name.rsplit(".", 1)[0] + ".safetensors").exists():
+            refuse_pickle(weights)
+
+
+@contextmanager
+def quiet_diffusers_loading():
+    """diffusers' 'Loading pipeline components' bar and its loading warnings would come before (and break) the
+    one error line on stderr; silenced while loading, restored afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+
+    bar_was_on, verbosity = diffusers_logging.is_progress_bar_enabled(), diffusers_logging.get_verbosity()
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+        if bar_was_on:
+            diffusers_logging.enable_progress_bar()
+
+
 class DiffusersPipelineGenerator:
     kind = "diffusers-pipeline"
 
@@ -30,13 +61,11 @@ class DiffusersPipelineGenerator:
 
         self.folder = Path(folder)
         index = read_json(self.folder / "model_index.json")
-        for weights in self.folder.rglob("*"):
-            if weights.name.lower().endswith(PICKLE_SUFFIXES) and \
-                    not weights.with_name(weights.name.rsplit(".", 1)[0] + ".safetensors").exists():
-                refuse_pickle(weights)
+        refuse_pickled_weights(self.folder)
         try:
-            self.pipeline = DiffusionPipeline.from_pretrained(str(self.folder), local_files_only=True,
-                                                              use_safetensors=True)
+            with quiet_diffusers_loading():
+                self.pipeline = DiffusionPipeline.from_pretrained(str(self.folder), local_files_only=True,
+                                                                  use_safetensors=True)
         except Exception as err:  # diffusers raises many types for a cut, foreign or incomplete folder
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise AuditInputError(self.folder, f"cannot load the diffusers pipeline ({first})") from None

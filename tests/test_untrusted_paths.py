@@ -241,12 +241,10 @@ def test_hostile_file_names_through_replicas(tmp_path):
     assert tree_digest(root) == before
 
 
-@pytest.mark.xfail(strict=True, reason="audit/errors.py: AuditInputError keeps control characters of `where`, so "
-                                       "an error about a file whose name holds a newline spans two lines; escape "
-                                       "them there (e.g. where.encode('unicode_escape') for \\n, \\r, \\t)")
 def test_error_naming_a_file_with_a_newline_stays_one_line(tmp_path):
     root = tmp_path / "imgs"
     _png(root / "ok.png")
     (root / "bro\nken.png").write_bytes(b"not a png")
     result = run_cli(["replicas", "--train", root, "--holdout", root, "--synthetic", root, "--out", tmp_path / "r"])
     assert not check_clean_error(result, words=("cannot read image",)), result.stderr
+    assert "bro\\nken.png" in result.stderr, result.stderr  # the name shown with its newline escaped

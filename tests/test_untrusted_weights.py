@@ -165,13 +165,9 @@ FOLDER_CASES = [
     ("diffusers pipeline: unet weights only as a pickled .bin",
      lambda ws, t, m: pipeline_with_pickled_weights(t, m, "bin") / "unet" / "diffusion_pytorch_model.bin",
      "generate --model", ("pickle",)),
-    pytest.param("diffusers pipeline: pickle under the .safetensors name",
-                 lambda ws, t, m: pipeline_with_pickled_weights(t, m, "renamed") / "unet" /
-                 "diffusion_pytorch_model.safetensors", "generate --model", (),
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "refused, the marker never appears, but diffusers' 'Loading pipeline components' progress bar "
-                     "precedes the error line on stderr: generators/diffusers_pipeline.py should call "
-                     "diffusers.utils.logging.disable_progress_bar() around from_pretrained"))),
+    ("diffusers pipeline: pickle under the .safetensors name",
+     lambda ws, t, m: pipeline_with_pickled_weights(t, m, "renamed") / "unet" / "diffusion_pytorch_model.safetensors",
+     "generate --model", ("pickle",)),
     ("diffusers pipeline: custom pipeline.py and a class from it",
      lambda ws, t, m: pipeline_with_custom_code(t, m) / "model_index.json", "generate --model", ()),
     ("deepssim checkpoint: pickle under the .safetensors name",
