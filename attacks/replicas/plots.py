@@ -2,6 +2,8 @@
 
 - top pairs: the synthetic images with the highest combined scores beside their nearest training images;
 - histograms: per scorer and combined, synthetic→train against holdout→train scores, with the threshold.
+Titles are plain text (`parse_math=False`): file names are the user's, and a '$' in one must not be read as
+mathtext (it crashed the audit).
 3D volumes show their middle slice along the first axis.
 """
 
@@ -58,14 +60,14 @@ def plot_top_pairs(path: Path, synthetic: np.ndarray, train: np.ndarray, audit, 
             at_q, at_t = (int(box[:, 0].mean()) for box in region[1:])
         axes[row, 0].imshow(middle_slice(image_q, at_q), cmap="gray", vmin=0, vmax=1)
         axes[row, 0].set_title(f"synthetic {_short(synthetic_names[q])}\ncombined {audit.combined_synthetic[q]:.2f} "
-                               f"({flag})", fontsize=8)
+                               f"({flag})", fontsize=8, parse_math=False)
         axes[row, 1].imshow(middle_slice(image_t, at_t), cmap="gray", vmin=0, vmax=1)
         title = f"train {_short(train_names[t])}\n{per_scorer}"
         if region is not None:
             _draw_box(axes[row, 0], region[1], "red")
             _draw_box(axes[row, 1], region[2], "red")
             title += f"\nred: region matched by {region[0]}"
-        axes[row, 1].set_title(title, fontsize=8)
+        axes[row, 1].set_title(title, fontsize=8, parse_math=False)
         for ax in axes[row]:
             ax.axis("off")
     fig.tight_layout()
@@ -89,7 +91,7 @@ def plot_histograms(path: Path, audit) -> None:
         ax.hist(synth, bins=bins, alpha=0.6, density=True, label=f"synthetic→train (n={len(synth)})")
         ax.axvline(audit.calibrations[name].threshold, color="k", ls="--",
                    label=f"threshold q={audit.calibrations[name].quantile}")
-        ax.set_title(name)
+        ax.set_title(name, parse_math=False)
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
