@@ -226,9 +226,6 @@ def test_hostile_file_names_round_trip_as_plain_text(tmp_path):
     assert tree_digest(root) == before
 
 
-@pytest.mark.xfail(strict=True, reason="attacks/replicas/plots.py renders file names as matplotlib titles with "
-                                       "mathtext on: a name holding '$' crashes `audit replicas` with a traceback "
-                                       "(pass parse_math=False to set_title at plots.py lines ~59, 67 and 91)")
 def test_hostile_file_names_through_replicas(tmp_path):
     root = _hostile_folder(tmp_path)
     before = tree_digest(root)
