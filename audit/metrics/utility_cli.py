@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("trtr_auc", "tstr_auc", "mixed_auc", "gap"):
         if name in result.figures:
             e = result.figures[name]
-            print(f"{name:>9}: {e.value:.3f} (95% CI {e.ci_low:.3f}-{e.ci_high:.3f})")
+            print(f"{name:>9}: {e.value:.3f} (95% CI {e.ci_low:.3f} to {e.ci_high:.3f})")
     cached = " (TRTR from cache)" if result.trtr_from_cache else ""
     print(f"utility of target '{target.name}': {len(test_set)} real test images of "
           f"{len(set(test_set.patients.tolist()))} patients; trained on {len(train_set)} real / "

@@ -42,12 +42,34 @@ class Recipe(Params):
     weight_decay: float = Field(1e-4, ge=0)
     augment: bool = True
     balanced_batches: bool = True
+    # resample inputs by this factor inside the network (e.g. 2: 64² images enter an ImageNet-style stem, which
+    # divides the size by 4 before the first block, as 128²)
+    input_scale: float = Field(1.0, gt=0, le=4)
 
 
 def input_transform(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] → [-1, 1], a fixed map (no per-image normalisation: absolute intensity is part of what a
     synthetic set must get right, e.g. breast density)."""
     return images * 2.0 - 1.0
+
+
+class ScaledInput(nn.Module):
+    """A network whose inputs are resampled by a fixed factor first (part of the model, so prediction needs no
+    knowledge of the recipe)."""
+
+    def __init__(self, net: nn.Module, scale: float):
+        super().__init__()
+        self.net = net
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = "bilinear" if x.ndim == 4 else "trilinear"
+        return self.net(F.interpolate(x, scale_factor=self.scale, mode=mode, align_corners=False))
+
+
+def build_network(classifier, n_classes: int, input_scale: float) -> nn.Module:
+    net = classifier.build(n_classes)
+    return net if input_scale == 1.0 else ScaledInput(net, input_scale)
 
 
 def augmenter(ndim: int, seed: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -147,7 +169,7 @@ def train_classifier(data: LabelledSet, recipe: Recipe, classifier, shape: tuple
     losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # initial weights and dropout; restored for the caller afterwards
-        model = classifier.build(data.n_classes).to(device)
+        model = build_network(classifier, data.n_classes, recipe.input_scale).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(recipe.steps))
         model.train()
