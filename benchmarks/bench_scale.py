@@ -1,6 +1,8 @@
 """Scaling benchmark (issue #14, phase 1): time and peak memory against size for
 
 - **search**: `audit.search.topk_similarity`, chunked torch vs faiss flat (exact), against N queries and M references;
+  and the approximate methods (`audit.search.SEARCHES`: ivf, hnsw at their defaults) with the recall@k they
+  measure themselves, on i.i.d. and on clustered rows;
 - **generation**: `generate_to_folder` (the `audit generate` pass) against image count, in process vs Ray local;
 - **features**: the `domain` encoder's embedding pass (`extract_feature_set`) against image count, in process vs
   Ray local;
@@ -156,7 +158,42 @@ def bench_search(quick: bool, repeats: int) -> dict:
                                  zip([r for r in rows if r["backend"] == "torch"],
                                      [r for r in rows if r["backend"] == "faiss"])]))
     return {"d": d, "k": k, "metric": "cosine", "repeats_min_of": repeats, "torch_threads": torch.get_num_threads(),
-            "rows": rows, "fits": fits, "median_time_ratio_torch_over_faiss": ratio}
+            "rows": rows, "fits": fits, "median_time_ratio_torch_over_faiss": ratio,
+            "approximate": bench_approximate(queries[:n_fixed], references, m_grid, k)}
+
+
+def clustered_rows(rng, n: int, d: int, clusters: int = 256) -> np.ndarray:
+    """Embedding-like rows: a mixture of Gaussians (real embeddings cluster; i.i.d. Gaussians are the worst case
+    of every approximate index)."""
+    centres = rng.standard_normal((clusters, d))
+    return (centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def bench_approximate(queries: np.ndarray, references: np.ndarray, m_grid: list[int], k: int) -> list[dict]:
+    """Exact (auto kernel), IVF and HNSW at their defaults: build + search time, peak memory and the recall@k
+    each method measures itself (on its 256-query seeded sample) — on i.i.d. rows at every M, and on clustered
+    rows at the largest M."""
+    from audit.search import search_topk
+
+    rng = np.random.default_rng(2)
+    cases = [("iid", queries, references[:m]) for m in m_grid]
+    cases.append(("clustered", clustered_rows(rng, len(queries), queries.shape[1]),
+                  clustered_rows(np.random.default_rng(2), max(m_grid), queries.shape[1])))
+    for method in ("exact", "ivf", "hnsw"):  # warm-up: imports (faiss, scipy's bootstrap) outside the timings
+        search_topk(queries[:64], references[:2048], k, "cosine", method)
+    rows = []
+    for data, q, r in cases:
+        for method in ("exact", "ivf", "hnsw"):
+            box = {}
+            got = measure(lambda: box.update(result=search_topk(q, r, k, "cosine", method)))
+            info = box["result"].info
+            recall = info.get("recall_at_k", {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0})
+            rows.append({"data": data, "n": len(q), "m": len(r), "method": method, **got,
+                         "recall_at_k": recall["value"], "recall_ci": [recall["ci_low"], recall["ci_high"]],
+                         **{key: info[key] for key in ("kernel", "nlist", "nprobe") if key in info}})
+            print(f"approximate {data} n={len(q)} m={len(r)} {method}: {got['seconds']:.2f}s, "
+                  f"recall@{k} {recall['value']:.3f}", flush=True)
+    return rows
 
 
 # --- per-image passes ------------------------------------------------------------------------------------------
@@ -300,7 +337,8 @@ def plot(result: dict, out: Path) -> None:
 
     if "search" in result:
         s = result["search"]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        approximate = s.get("approximate") or []
+        fig, axes = plt.subplots(1, 3 if approximate else 2, figsize=(15 if approximate else 10, 4))
         for ax, axis in zip(axes, ("N", "M")):
             for backend, fit in s["fits"].items():
                 mine = [r for r in s["rows"] if r["backend"] == backend and r["axis"] == axis]
@@ -313,6 +351,19 @@ def plot(result: dict, out: Path) -> None:
                          f"d={s['d']}", fontsize=9)
             ax.set_xlabel("pairs N·M")
             ax.set_ylabel("seconds (min of repeats)")
+            ax.legend(fontsize=7)
+        if approximate:
+            ax = axes[2]
+            for method in ("exact", "ivf", "hnsw"):
+                mine = [r for r in approximate if r["method"] == method and r["data"] == "iid"]
+                clustered = [r for r in approximate if r["method"] == method and r["data"] == "clustered"]
+                label = (f"{method}: recall@{s['k']} {min(r['recall_at_k'] for r in mine):.2f}–"
+                         f"{max(r['recall_at_k'] for r in mine):.2f} i.i.d."
+                         + (f", {clustered[0]['recall_at_k']:.2f} clustered" if clustered else ""))
+                ax.loglog([r["m"] for r in mine], [r["seconds"] for r in mine], "o-", label=label)
+            ax.set_title(f"build + search + recall check, N = {approximate[0]['n']} (one run each)", fontsize=9)
+            ax.set_xlabel("references M")
+            ax.set_ylabel("seconds")
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "search.png", dpi=110)
