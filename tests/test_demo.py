@@ -24,7 +24,7 @@ def test_the_plan_uses_valid_presets_and_audits_the_control_first(tmp_path):
     from generators.config import load_generator_config
 
     steps = {s.name: s for s in plan(layout(tmp_path))}
-    assert list(steps) == ["data-mammo", "data-brain", "train-normal", "train-control", "audit-control", "train-3d",
+    assert list(steps) == ["data-mammo", "data-brain", "train-control", "train-normal", "audit-control", "train-3d",
                            "audit-normal", "audit-3d", "compare"]
     # the second 2D audit reuses the data-only artefacts the first cached
     assert "audit-control" in steps["audit-normal"].needs
@@ -43,7 +43,7 @@ def test_the_plan_uses_valid_presets_and_audits_the_control_first(tmp_path):
     # the models' folders are keyed by the preset's text: another budget is another model
     assert steps["train-normal"].product != steps["train-control"].product
     assert [s.name for s in plan(layout(tmp_path, include_3d=False))] == [
-        "data-mammo", "train-normal", "train-control", "audit-control", "audit-normal", "compare"]
+        "data-mammo", "train-control", "train-normal", "audit-control", "audit-normal", "compare"]
 
 
 def fake_launch(codes: dict[str, int], order: list[str]):
@@ -150,7 +150,7 @@ def test_the_demo_command_records_steps_and_exits_by_the_expectations(tmp_path, 
                                   str(tmp_path / f"c-{membership}")])
         assert args.func(args) == expected_code
         record = json.loads((out / "demo.json").read_text())
-        assert [s["name"] for s in record["steps"]] == ["data-mammo", "train-normal", "train-control",
+        assert [s["name"] for s in record["steps"]] == ["data-mammo", "train-control", "train-normal",
                                                         "audit-control", "audit-normal", "compare"]
         assert record["verdicts"] == {"audit-control": "FAIL", "audit-normal": "PASS"}
         assert record["exit_code"] == expected_code
