@@ -62,9 +62,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors, or from a torch.save file holding tensors only (weights_only=True)."""
     if looks_like_safetensors(path):
         return load_safetensors_file(path)
+    from safetensors import SafetensorError  # torch.load hands a *.safetensors name to safetensors
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, SafetensorError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AuditInputError(path, f"not a state dict of tensors (safetensors, or torch.save of tensors only): "
                                     f"{first_line}") from None
