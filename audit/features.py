@@ -477,7 +477,8 @@ class SSLEncoderSpec:
 
     class Params(RegistryParams):
         weights: str | None = Field(None, description="a saved SSL checkpoint folder (save_ssl_encoder)")
-        epochs: int = Field(10, ge=1, description="training epochs when no weights are given")
+        epochs: int = Field(40, ge=1, description="training epochs when no weights are given (40: what helped on "
+                                                  "the replica benchmark's tuning split; docs/replicas.md)")
         widths: tuple[int, ...] = Field((16, 32, 64), min_length=1, description="channels per CNN stage")
         temperature: float = Field(0.1, gt=0)
         lr: float = Field(3e-3, gt=0)

@@ -215,3 +215,26 @@ def test_timm_weight_errors_are_clean(tmp_path):
         timm_encoder("test_resnet", truncated)
     with pytest.raises(AuditInputError, match="unknown timm model"):
         timm_encoder("no_such_net", other)
+
+
+def test_cli_encoder_and_weights_reach_the_feature_scorer(tmp_path, capsys):
+    import json
+
+    import timm
+
+    from audit.cli import main
+    from tests.test_replicas import make_folders, write_png
+
+    root = make_folders(tmp_path, write_png, ".png", (32, 32), n_train=8, n_holdout=8, n_novel=1)
+    weights = tmp_path / "backbone.safetensors"
+    save_file(timm.create_model("test_resnet", pretrained=False, in_chans=1, num_classes=0).state_dict(),
+              str(weights))
+    args = ["replicas", "--train", str(root / "train"), "--holdout", str(root / "holdout"), "--synthetic",
+            str(root / "synthetic"), "--out", str(root / "out"), "--scorers", "ncc", "--gate", "0.99"]
+    assert main(args + ["--encoder", "timm:test_resnet", "--weights", str(weights)]) == 0
+    described = json.loads((root / "out" / "replicas.json").read_text())["scorers"]["feature"]["describe"]
+    assert described["params"]["encoder"] == "timm:test_resnet" and described["encoder"]["weights"] == str(weights)
+    assert main(args + ["--encoder", "timm:test_resnet"]) == 2
+    assert "needs --weights" in capsys.readouterr().err
+    assert main(args + ["--weights", str(weights)]) == 2
+    assert "--weights belongs to --encoder" in capsys.readouterr().err

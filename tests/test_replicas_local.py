@@ -80,6 +80,10 @@ def test_local_scorer_finds_partial_copies_and_their_regions(planted):
     assert whole.scores[:4].max() < 0.6
     # a flat image has no informative window: no match, score 0
     assert local.score(np.full((1, 64, 64), 0.5, np.float32)).scores[0] == 0.0
+    # scores do not depend on how queries are batched (the stage streams them)
+    halves = [local.score(queries[:3]), local.score(queries[3:])]
+    np.testing.assert_array_equal(np.concatenate([h.scores for h in halves]), result.scores)
+    np.testing.assert_array_equal(np.concatenate([h.query_box for h in halves]), result.query_box)
     # the fitted state round-trips (what `audit run` caches)
     restored = make_scorer("ncc_local").restore(local.fitted_state())
     np.testing.assert_array_equal(restored.score(queries).scores, result.scores)
@@ -127,3 +131,26 @@ def test_cli_draws_the_copied_region(tmp_path, planted):
         box = np.array(pair["region"]["synthetic_box"])
         assert np.all(box[0] >= at_query) and np.all(box[1] <= np.add(at_query, size))
     assert (tmp_path / "out" / "pairs.png").stat().st_size > 0
+
+
+def test_images_too_small_for_the_local_level_skip_it_with_a_stated_reason(tmp_path, capsys):
+    """24² images give 6-px windows, no wider than the 2D detail filter's reach (3σ = 6 px): the default set runs
+    without ncc_local and says why (stderr and replicas.json), never a traceback; 27² is the smallest that keeps
+    it. Asked for alone, it is a one-line input error (exit 2)."""
+    from audit.cli import main
+    from tests.test_replicas import make_folders, write_png
+
+    local = make_scorer("ncc_local")
+    assert "6 px" in local.unsupported((24, 24)) and "at least 27 px" in local.unsupported((24, 24))
+    assert local.unsupported((27, 27)) is None and local.unsupported((8, 8, 8)) is None
+    root = make_folders(tmp_path, write_png, ".png", (24, 24), n_train=8, n_holdout=8, n_novel=2)
+    args = ["replicas", "--train", str(root / "train"), "--holdout", str(root / "holdout"), "--synthetic",
+            str(root / "synthetic"), "--out", str(root / "out"), "--gate", "0.99"]
+    assert main(args + ["--scorers", "ncc,ncc_local"]) == 0
+    assert "note: scorer ncc_local skipped: images of 24x24 px" in capsys.readouterr().err
+    summary = json.loads((root / "out" / "replicas.json").read_text())
+    assert summary["parameters"]["scorers"] == ["ncc"] and list(summary["scorers"]) == ["ncc"]
+    assert "detail filter" in summary["skipped_scorers"]["ncc_local"]
+    assert main(args + ["--scorers", "ncc_local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no scorer can score these images" in err and "\n" not in err

@@ -107,6 +107,11 @@ class ScorerBase:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params.model_dump(mode="json"), **self.components()}
 
+    def unsupported(self, shape: tuple[int, ...]) -> str | None:
+        """Why this scorer cannot score images of `shape` (None: it can). The audit then runs without it and says
+        so (`skipped_scorers` in replicas.json) instead of failing part-way."""
+        return None
+
     @property
     def cacheable(self) -> bool:
         return type(self).fitted_state is not ScorerBase.fitted_state

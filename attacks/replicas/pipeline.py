@@ -77,6 +77,27 @@ class ReplicaAudit:
         return None
 
 
+def drop_unsupported(scorers: dict[str, ReplicaScorer], shape: tuple[int, ...]
+                     ) -> tuple[dict[str, ReplicaScorer], dict[str, str]]:
+    """The scorers that can score images of `shape`, and {name: why not} for the others (recorded in the outputs
+    as `skipped_scorers`). None left is an input error naming every reason."""
+    skipped = {name: reason for name, scorer in scorers.items()
+               if (reason := getattr(scorer, "unsupported", lambda _: None)(tuple(shape)))}
+    kept = {name: scorer for name, scorer in scorers.items() if name not in skipped}
+    if not kept:
+        raise AuditInputError(None, "no scorer can score these images: " +
+                              "; ".join(f"{name}: {reason}" for name, reason in skipped.items()))
+    return kept, skipped
+
+
+def report_skipped(skipped: dict[str, str]) -> None:
+    """One line on stderr per skipped scorer (the run goes on without it)."""
+    import sys
+
+    for name, reason in skipped.items():
+        print(f"note: scorer {name} skipped: {reason}", file=sys.stderr)
+
+
 def score_in_batches(scorer: ReplicaScorer, images: np.ndarray | Iterable[np.ndarray]) -> ReplicaScores:
     """Score an array, or a stream of arrays (memory bounded by the batch; scores are per query, so batching
     does not change them)."""
@@ -326,6 +347,8 @@ def run_folder_audit(train_dir: str | Path, holdout_dir: str | Path, synthetic_d
     # scorers are built (parameters validated, checkpoints loaded) before any image is read
     scorers = build_scorers(scorer_names, options, runtime.with_(progress=True))
     arrays, names, shape = load_folders(train_dir, holdout_dir, synthetic_dir)
+    scorers, skipped = drop_unsupported(scorers, shape)
+    report_skipped(skipped)
     labels = read_labels_csv(labels_csv, names["synthetic"]) if labels_csv else None
 
     audit = audit_arrays(scorers, arrays["train"], arrays["holdout"], arrays["synthetic"], quantile, progress=True)
@@ -334,7 +357,7 @@ def run_folder_audit(train_dir: str | Path, holdout_dir: str | Path, synthetic_d
                   "labels": str(labels_csv) if labels_csv else None, "gate": gate,
                   "runtime": {"device": runtime.device, "batch_size": runtime.batch_size, "seed": runtime.seed}}
     gate_result = {"gate": {"value": gate, "rule": "exit 1 when the flagged share's Wilson 95% lower bound exceeds it",
-                            "exceeded": gate_exceeded(audit.flagged, gate)}}
+                            "exceeded": gate_exceeded(audit.flagged, gate)}, "skipped_scorers": skipped}
     return write_outputs(out_dir, audit, arrays, names, parameters, labels, top_pairs, runtime.batch_size,
                          extra=gate_result)
 

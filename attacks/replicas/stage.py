@@ -134,15 +134,16 @@ class ReplicaStage:
             scorer.restore(load_arrays(folder, "state"))
 
     def run(self, inputs: StageInputs, context: StageContext) -> StageOutput:
-        from attacks.replicas.pipeline import (COMBINED, assemble_audit, chosen_pair_ssim, score_in_batches,
-                                               suite_provenance, write_outputs)
+        from attacks.replicas.pipeline import (COMBINED, assemble_audit, chosen_pair_ssim, drop_unsupported,
+                                               score_in_batches, suite_provenance, write_outputs)
         from audit.artifacts import dataset_fingerprint
 
         reason = self.requirements(inputs)
         if reason:
             raise AuditInputError(None, f"replicas: {reason}")
         runtime = context.runtime
-        scorers = build_scorers(self.params.scorers, self.params.options, runtime)
+        scorers, skipped = drop_unsupported(build_scorers(self.params.scorers, self.params.options, runtime),
+                                            tuple(inputs.train.shape))
         provenance = suite_provenance()
         train_fp, holdout_fp = dataset_fingerprint(inputs.train), dataset_fingerprint(inputs.holdout)
         train_cache: dict[str, np.ndarray] = {}
@@ -188,7 +189,8 @@ class ReplicaStage:
             for start in range(0, len(synthetic), runtime.batch_size)])
         summary = write_outputs(Path(context.out_dir), audit, {"synthetic": synthetic, "train": train_images},
                                 record_names, parameters, top_pairs=self.params.top_pairs,
-                                batch_size=runtime.batch_size, pair_ssim=pair_ssim)
+                                batch_size=runtime.batch_size, pair_ssim=pair_ssim,
+                                extra={"skipped_scorers": skipped})
 
         figures = {"flagged_share": audit.flagged}
         if audit.holdout_crossfit is not None:
@@ -205,5 +207,5 @@ class ReplicaStage:
         details = {"threshold": audit.threshold, "holdout_flagged_in_sample": audit.calibrations[COMBINED]
                    .holdout_flagged.to_dict(), "calibration": summary["calibration"],
                    "top_pairs": summary["top_pairs"][:self.params.top_pairs],
-                   "combination": summary["combined"]["describe"]}
+                   "combination": summary["combined"]["describe"], "skipped_scorers": skipped}
         return StageOutput(figures=figures, details=details, artefacts=artefacts, flagged_ids=flagged_ids)
