@@ -72,6 +72,7 @@ def test_steps_wait_for_what_they_need_and_a_failure_stops_only_its_dependents(t
                       "audit-a": ("done", 1), "audit-b": ("not run", None), "compare": ("not run", None)}
     assert order.index("data") < order.index("train-a") < order.index("audit-a")
     assert "audit-b" not in order and "compare" not in order
+    assert all(0 < r.cpu_seconds < r.seconds + 1 for r in results if r.status in ("done", "failed"))
     # the staged folder was moved into place and stamped complete, last
     assert (staged / "made").read_text() == "data" and (staged / DONE_STAMP).is_file()
     assert not (tmp_path / "data.partial").exists()
