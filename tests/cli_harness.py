@@ -10,6 +10,9 @@
   after a command.
 - `check_clean_error(result, ...)`: the contract for bad input: exit 2, one line `error: <input>: <problem>`,
   no traceback, nothing on stdout claiming success.
+- `CrashTarget` / `crash_and_resume`: a command killed with SIGKILL at moments drawn from a seed, then rerun
+  (tests/test_crash_resume.py: `audit generate`; tests/test_crash_run.py: `audit run`).
+- `tiny_training_setup`: a tiny labelled image folder and generator preset whose model trains in seconds.
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ import hashlib
 import io
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,6 +117,103 @@ class CliCase:
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
+# --- crash and resume: SIGKILL at seeded moments, then rerun -------------------------------------------------
+
+@dataclass(frozen=True)
+class KillMoment:
+    fraction: float  # wait until the output holds this share of the items...
+    delay: float  # ... then this many seconds more, then SIGKILL
+
+
+def kill_moments(seed: int, count: int) -> list[KillMoment]:
+    rng = np.random.default_rng(seed)
+    shares, delays = np.sort(rng.uniform(0.0, 1.0, count)), rng.uniform(0.0, 0.04, count)
+    return [KillMoment(float(f), float(d)) for f, d in zip(shares, delays)]
+
+
+@dataclass
+class CrashTarget:
+    name: str
+    argv: Callable[[Path], list[str]]  # output folder → the command's arguments
+    progress: Callable[[Path], int]  # output folder → items written so far
+    compare: Callable[[Path, Path], list[str]]  # (reference, resumed) → differences
+    whole: Callable[[Path], list[str]]  # output folder → files under a final name that are not whole
+    total: int  # items a complete run writes
+    env: dict[str, str] = field(default_factory=dict)
+    expect_codes: tuple[int, ...] = (0,)  # exit codes of a run that was not killed (audit run: its verdict's)
+
+
+@dataclass
+class CrashLog:
+    kills: int = 0  # processes actually killed (still running at the moment)
+    finished_first: int = 0  # processes that ended before their moment came
+    progress_at_kill: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def crash_and_resume(target: CrashTarget, out: Path, moments: list[KillMoment], log: CrashLog,
+                     timeout: float = 300) -> None:
+    """Kill a run at each moment in turn (each a fresh process on the same folder), then run it to the end."""
+    for moment in moments:
+        goal = int(moment.fraction * target.total)
+        proc = subprocess.Popen(cli_command(target.argv(out)), env=subprocess_env(target.env),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and target.progress(out) < goal and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(moment.delay)
+        if proc.poll() is None:
+            progress = target.progress(out)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            log.kills += 1
+            log.progress_at_kill.append(progress)
+        else:
+            log.finished_first += 1
+            if proc.returncode not in target.expect_codes:
+                log.problems.append(f"{target.name}: a run ended with {proc.returncode}: {proc.stderr.read()[-500:]}")
+        proc.stderr.close()
+        log.problems += [f"after a kill: {p}" for p in target.whole(out)]
+    final = subprocess.run(cli_command(target.argv(out)), env=subprocess_env(target.env), capture_output=True,
+                           text=True, timeout=timeout)
+    if final.returncode not in target.expect_codes:
+        log.problems.append(f"{target.name}: the rerun failed ({final.returncode}): {final.stderr[-800:]}")
+
+
+
+def check_resumed(target: CrashTarget, reference: Path, out: Path, log: CrashLog,
+                  leftovers: Callable[[Path], list[str]]) -> None:
+    """After crash_and_resume: no problem logged, no temporary file left, the outputs equal the reference's."""
+    assert not log.problems, log.problems
+    assert not leftovers(out), leftovers(out)
+    assert not target.compare(reference, out), target.compare(reference, out)[:5]
+
+
+def survive_seeded_kills(target: CrashTarget, reference: Path, root: Path, seeds: Sequence[int], kills_each: int,
+                         leftovers: Callable[[Path], list[str]]) -> CrashLog:
+    """One folder per seed, `kills_each` kills at the seed's moments, then finished and compared."""
+    log = CrashLog()
+    for seed in seeds:
+        out = root / f"seed{seed}"
+        crash_and_resume(target, out, kill_moments(seed, kills_each), log)
+        check_resumed(target, reference, out, log, leftovers)
+    return log
+
+
+def run_cli_one_thread(argv: Sequence[str], env: dict[str, str] | None = None) -> CliResult:
+    """`run_cli` with torch on one thread (training on a shared 2-core machine), asserting success."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_cli(argv, env)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.code == 0, result.stderr
+    return result
+
+
 def tiny_ldm2d_preset(steps: int = 2, side: int = 16) -> dict:
     """A generator preset small enough to train in seconds on a CPU (what the reliability tests need is a real
     checkpoint, not a good model)."""
@@ -123,20 +227,25 @@ def tiny_ldm2d_preset(steps: int = 2, side: int = 16) -> dict:
     }
 
 
-def tiny_training_setup(root: Path, n_images: int = 8, side: int = 16, steps: int = 1) -> list[str]:
+def tiny_training_setup(root: Path, n_images: int = 8, side: int = 16, steps: int = 1,
+                        n_test: int = 0) -> list[str]:
     """Write a folder of `n_images` random 16-bit PNGs (split train, BI-RADS labels), its dataset preset and a
-    tiny generator preset under `root`; return the `audit generator train` arguments that train `root/ldm`."""
-    import numpy as np
+    tiny generator preset under `root`; return the `audit generator train` arguments that train `root/ldm`.
+
+    With `n_test` > 0 (what `audit run` needs) `n_test` held-out images follow, and every image gets a patient
+    (two views each: CC, MLO), laterality and density."""
     import yaml
     from PIL import Image
 
     data = root / "data"
     data.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    rows = ["file,split,birads"]
-    for i in range(n_images):
+    rows = ["file,split,birads" if not n_test else "file,id,patient_id,split,view,laterality,birads,density"]
+    for i in range(n_images + n_test):
         Image.fromarray((rng.random((side, side)) * 65535).astype(np.uint16)).save(data / f"i{i}.png")
-        rows.append(f"i{i}.png,train,{1 + i % 3}")
+        split = "train" if i < n_images else "test"
+        rows.append(f"i{i}.png,{split},{1 + i % 3}" if not n_test else
+                    f"i{i}.png,i{i},p{i // 2},{split},{('CC', 'MLO')[i % 2]},L,{1 + i % 3},{'ABCD'[i % 4]}")
     (data / "manifest.csv").write_text("\n".join(rows) + "\n")
     (root / "data.yaml").write_text(yaml.safe_dump({"name": "tiny", "reader": "folder",
                                                     "preprocess": {"shape": [side, side]}}))

@@ -27,14 +27,14 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from tests.dicom_factory import write_vindr_tree
+from tests.dicom_factory import md5, write_vindr_tree
 
 # --- what is planted ------------------------------------------------------------------------------------------
 
@@ -287,12 +287,44 @@ def corpus_input_uids(folders: Iterable[Path]) -> set[str]:
     return uids
 
 
-def write_planted_vindr(root: Path, n_studies: int = 3) -> list[dict]:
-    """The VinDr layout (tests.dicom_factory) with every DICOM carrying the planted values."""
+def write_planted_vindr(root: Path, n_studies: int = 3, test_studies: Sequence[int] | None = None,
+                        lesion_studies: Sequence[int] = (0,)) -> list[dict]:
+    """The VinDr layout (tests.dicom_factory) with every DICOM carrying the planted values.
+
+    By default the last study is the test split and study 0's left breast the one lesion (BI-RADS 4, a Mass box);
+    `test_studies` / `lesion_studies` move them — `audit run` needs two held-out patients (re-identification)
+    and both classes on either side (utility)."""
     rows = write_vindr_tree(root, n_studies=n_studies)
     for index, path in enumerate(sorted(root.rglob("*.dicom"))):
         plant_dicom(path, index)
+    if test_studies is not None or tuple(lesion_studies) != (0,):
+        rows = _relabel_vindr(root, n_studies, test_studies or (n_studies - 1,), set(lesion_studies))
     return rows
+
+
+def _relabel_vindr(root: Path, n_studies: int, test_studies: Sequence[int], lesion_studies: set[int]) -> list[dict]:
+    index_of = {md5(f"study{s}"): s for s in range(n_studies)}
+    breast_rows = []
+    for name in ("breast-level_annotations.csv", "finding_annotations.csv"):
+        with open(root / name, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header, rows = reader.fieldnames, list(reader)
+        for row in rows:
+            s = index_of[row["study_id"]]
+            row["split"] = "test" if s in test_studies else "training"
+            lesion = s in lesion_studies and row["laterality"] == "L"
+            row["breast_birads"] = "BI-RADS 4" if lesion else "BI-RADS 1"
+            if "finding_categories" in row:
+                row.update(finding_categories="['Mass']", finding_birads="BI-RADS 4", xmin=24, ymin=54, xmax=36,
+                           ymax=66) if lesion else row.update(finding_categories="['No Finding']", finding_birads="",
+                                                              xmin="", ymin="", xmax="", ymax="")
+        with open(root / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        if name.startswith("breast"):
+            breast_rows = rows
+    return breast_rows
 
 
 def write_planted_dicom_folder(folder: Path, n: int, seed: int, shape=(40, 32)) -> list[Path]:

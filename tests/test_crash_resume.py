@@ -14,79 +14,15 @@ After every kill, every file under its final name must be whole (written atomica
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.cli_harness import cli_command, run_cli, subprocess_env, tiny_training_setup
-
-
-@dataclass(frozen=True)
-class KillMoment:
-    fraction: float  # wait until the output holds this share of the items...
-    delay: float  # ... then this many seconds more, then SIGKILL
-
-
-def kill_moments(seed: int, count: int) -> list[KillMoment]:
-    rng = np.random.default_rng(seed)
-    shares, delays = np.sort(rng.uniform(0.0, 1.0, count)), rng.uniform(0.0, 0.04, count)
-    return [KillMoment(float(f), float(d)) for f, d in zip(shares, delays)]
-
-
-@dataclass
-class CrashTarget:
-    name: str
-    argv: Callable[[Path], list[str]]  # output folder → the command's arguments
-    progress: Callable[[Path], int]  # output folder → items written so far
-    compare: Callable[[Path, Path], list[str]]  # (reference, resumed) → differences
-    whole: Callable[[Path], list[str]]  # output folder → files under a final name that are not whole
-    total: int  # items a complete run writes
-    env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class CrashLog:
-    kills: int = 0  # processes actually killed (still running at the moment)
-    finished_first: int = 0  # processes that ended before their moment came
-    progress_at_kill: list[int] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-def crash_and_resume(target: CrashTarget, out: Path, moments: list[KillMoment], log: CrashLog,
-                     timeout: float = 300) -> None:
-    """Kill a run at each moment in turn (each a fresh process on the same folder), then run it to the end."""
-    for moment in moments:
-        goal = int(moment.fraction * target.total)
-        proc = subprocess.Popen(cli_command(target.argv(out)), env=subprocess_env(target.env),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and target.progress(out) < goal and time.monotonic() < deadline:
-            time.sleep(0.002)
-        time.sleep(moment.delay)
-        if proc.poll() is None:
-            progress = target.progress(out)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            log.kills += 1
-            log.progress_at_kill.append(progress)
-        else:
-            log.finished_first += 1
-            if proc.returncode != 0:
-                log.problems.append(f"{target.name}: a run ended with {proc.returncode}: {proc.stderr.read()[-500:]}")
-        proc.stderr.close()
-        log.problems += [f"after a kill: {p}" for p in target.whole(out)]
-    final = subprocess.run(cli_command(target.argv(out)), env=subprocess_env(target.env), capture_output=True,
-                           text=True, timeout=timeout)
-    if final.returncode != 0:
-        log.problems.append(f"{target.name}: the rerun failed ({final.returncode}): {final.stderr[-800:]}")
+from tests.cli_harness import (CrashLog, CrashTarget, KillMoment, check_resumed, cli_command, crash_and_resume,
+                               run_cli, run_cli_one_thread, subprocess_env, survive_seeded_kills, tiny_training_setup)
 
 
 # --- audit generate ---------------------------------------------------------------------------------------------
@@ -127,14 +63,7 @@ def temporary_files(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("crash")
-    train = tiny_training_setup(root, n_images=8, side=16, steps=1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = run_cli(train)
-    finally:
-        torch.set_num_threads(threads)
-    assert result.code == 0, result.stderr
+    run_cli_one_thread(tiny_training_setup(root, n_images=8, side=16, steps=1))
     return root / "ldm"
 
 
@@ -156,30 +85,19 @@ def reference(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
-def _check(target: CrashTarget, reference: Path, out: Path, log: CrashLog) -> None:
-    assert not log.problems, log.problems
-    assert not temporary_files(out), temporary_files(out)
-    assert not target.compare(reference, out), target.compare(reference, out)[:5]
-
-
 def test_generate_killed_then_rerun_equals_an_uninterrupted_run(tiny_model, reference, tmp_path):
     """The quick variant: one kill during start-up or the first batch, one in the middle of writing."""
     target = generate_target(tiny_model)
     log = CrashLog()
     crash_and_resume(target, tmp_path / "out", [KillMoment(0.0, 0.0), KillMoment(0.5, 0.005)], log)
-    _check(target, reference, tmp_path / "out", log)
+    check_resumed(target, reference, tmp_path / "out", log, temporary_files)
     assert log.kills >= 1
 
 
 @pytest.mark.slow
 def test_generate_survives_ten_seeded_kills(tiny_model, reference, tmp_path):
     """2 folders × 5 kills each (moments from seeds 13 and 14), every folder then finished and compared."""
-    target = generate_target(tiny_model)
-    log = CrashLog()
-    for trial in range(2):
-        out = tmp_path / f"trial{trial}"
-        crash_and_resume(target, out, kill_moments(13 + trial, 5), log)
-        _check(target, reference, out, log)
+    log = survive_seeded_kills(generate_target(tiny_model), reference, tmp_path, (13, 14), 5, temporary_files)
     print(f"\ncrash/resume (audit generate): {log.kills} kills survived ({log.finished_first} runs ended before "
           f"their moment); images present at the kills (of {N_IMAGES}): {log.progress_at_kill}")
     assert log.kills >= 10

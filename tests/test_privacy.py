@@ -6,8 +6,8 @@ output folder, the shared preprocessing cache and everything the command printed
 planted value in every encoding `tests.phi_corpus.needles` lists, including inside gzip, zip (.npz) and PNG
 streams. DICOM files the suite writes must carry fresh UIDs and technical attributes only.
 
-Phase 2 adds `audit run`, `audit attack reid|mia` and `audit score fidelity|utility` by appending `CliCase`s to
-`PHI_COMMANDS` (the workspace holds exported folders, a trained model and generated images to point them at).
+`audit run` (every stage), `audit attack reid|mia` and `audit score fidelity|utility` run on the VinDr corpus
+with the model trained on it; a new command joins by appending a `CliCase` to `PHI_COMMANDS`.
 """
 
 from __future__ import annotations
@@ -68,6 +68,25 @@ def _data(ws, config: str, root: Path) -> list[str]:
     return ["--data", ws.config(config), "--data-root", str(root), "--cache-dir", str(ws.cache)]
 
 
+def _options(sections: dict) -> list[str]:
+    """{'attacker': {'epochs': 1}} → ['--option', 'attacker.epochs=1']"""
+    return [token for part, values in sections.items() for key, value in values.items()
+            for token in ("--option", f"{part}.{key}={value}")]
+
+
+# `audit run` with every stage, sized for a 20-image corpus on a CPU (what is tested is where values go)
+RUN_CONFIG = {
+    "n": 16, "batch_size": 8, "threads": 1,
+    "generate": {"batch_size": 8, "steps": 2},
+    "fidelity": {"n_boot": 20, "kid_subsets": 10, "ratio_repeats": 2},
+    "membership": {"attacks": ["loss", "dcr"], "n_boot": 20, "min_pairs": 2},
+    "replicas": {"scorers": ["ncc"]},
+    "reid": {"attacker": {"epochs": 1, "max_steps": 2, "patients_per_batch": 2, "m_per_class": 2},
+             "evaluation": {"n_boot": 20, "n_permutations": 20}},
+    "utility": {"n_boot": 20, "recipe": {"steps": 2}},
+}
+
+
 # Every command that reads patient data or writes outputs today, in dependency order.
 PHI_COMMANDS: list[CliCase] = [
     CliCase("data-inspect-vindr", lambda ws: ["data", "inspect", *_data(ws, "vindr", ws.vindr),
@@ -99,12 +118,29 @@ PHI_COMMANDS: list[CliCase] = [
                                                 "--out", ws.out("deepssim-vindr")]),
     CliCase("data-phantom", lambda ws: ["data", "phantom", "--kind", "mammo", "--patients", "2",
                                         "--out", ws.out("phantom")]),
+    # phase 2: the audit itself (every stage, CPU-sized parameters from configs/run.yaml) and its verbs
+    CliCase("run-vindr", lambda ws: ["run", "--model", ws.out("model-ldm"), *_data(ws, "vindr", ws.vindr),
+                                     "--config", ws.config("run"), "--out", ws.out("run")], expect_codes=(0, 1)),
+    CliCase("attack-reid-vindr", lambda ws: ["attack", "reid", *_data(ws, "vindr", ws.vindr), "--synthetic",
+                                             ws.out("generated-ldm"), "--out", ws.out("attack-reid"), "--threads",
+                                             "1", *_options(RUN_CONFIG["reid"])]),
+    CliCase("attack-mia-vindr", lambda ws: ["attack", "mia", "--model", ws.out("model-ldm"),
+                                            *_data(ws, "vindr", ws.vindr), "--attacks", "loss,dcr",
+                                            "--n-synthetic", "8", "--n-boot", "20", "--min-members", "2",
+                                            "--out", ws.out("attack-mia"), "--threads", "1"]),
+    CliCase("score-fidelity-vindr", lambda ws: ["score", "fidelity", *_data(ws, "vindr", ws.vindr), "--model",
+                                                ws.out("model-ldm"), "--n", "8", "--n-boot", "20",
+                                                "--out", ws.out("score-fidelity"), "--threads", "1"]),
+    CliCase("score-utility-vindr", lambda ws: ["score", "utility", *_data(ws, "vindr", ws.vindr), "--synthetic",
+                                               ws.out("generated-ldm"), "--steps", "2", "--n-boot", "20",
+                                               "--out", ws.out("score-utility"), "--threads", "1"]),
 ]
 
 
 def build_workspace(root: Path) -> PhiWorkspace:
     ws = PhiWorkspace(root)
-    write_planted_vindr(ws.vindr, n_studies=3)
+    # 3 training and 2 held-out patients (studies), a lesion on either side: enough for every stage of audit run
+    write_planted_vindr(ws.vindr, n_studies=5, test_studies=(3, 4), lesion_studies=(0, 3))
     write_planted_nifti_dataset(ws.nifti)
     write_planted_dicom_folder(ws.dicom_train, 6, seed=0)
     write_planted_dicom_folder(ws.dicom_test, 4, seed=1)
@@ -114,6 +150,7 @@ def build_workspace(root: Path) -> PhiWorkspace:
         "nifti": {"name": "phi-nifti", "reader": "nifti", "modality": "MR", "preprocess": {"shape": [12, 12, 12]}},
         "folder": {"name": "phi-folder", "reader": "folder", "preprocess": {"shape": [20, 16]}},
         "generator": tiny_ldm2d_preset(steps=2),
+        "run": RUN_CONFIG,
     }
     for name, preset in presets.items():
         (ws.configs / f"{name}.yaml").write_text(yaml.safe_dump(preset))

@@ -3,9 +3,9 @@ unpickled) is refused with one clear line by every command that takes a model or
 could hand over, and the marker never appears. Configs are data: YAML tags that build objects and alias bombs
 are refused for every YAML the suite reads.
 
-Phase 2 extends `FILE_COMMANDS` / `FOLDER_CASES` (e.g. `audit run --model`, `audit attack mia --model`,
-`audit score fidelity --weights` for Inception weights, whose loader must use torch.load(weights_only=True) only
-where the format forces it) and `YAML_COMMANDS` (gates files).
+`FILE_COMMANDS` covers `audit run --model`, `audit attack mia|reid --model`, `audit score fidelity|utility --model`
+and the utility classifier's `--weights`; Inception's weights (a torch.save file by origin) are read with
+torch.load(weights_only=True) and tested apart; `YAML_COMMANDS` includes the gates file and the run configuration.
 """
 
 from __future__ import annotations
@@ -77,6 +77,15 @@ def ws(tmp_path_factory) -> Workspace:
     (ws.root / "data.yaml").write_text(yaml.safe_dump({"name": "tiny", "reader": "folder",
                                                        "preprocess": {"shape": [16, 16]}}))
     (ws.root / "generator.yaml").write_text(yaml.safe_dump(tiny_ldm2d_preset(steps=1)))
+    # what `audit run` and the attack/score verbs read: both folders as one dataset, train and test
+    with open(ws.root / "run-manifest.csv", "w", newline="") as fh:
+        fh.write("file,id,patient_id,split,birads\n")
+        for folder, split in ((ws.images, "train"), (ws.holdout, "test")):
+            for i, png in enumerate(sorted(folder.glob("*.png"))):
+                fh.write(f"{folder.name}/{png.name},{folder.name}-{i},{folder.name}-p{i // 2},{split},{(1, 4)[i % 2]}\n")
+    (ws.root / "run-data.yaml").write_text(yaml.safe_dump({"name": "tiny-run", "reader": "folder",
+                                                           "manifest": "run-manifest.csv",
+                                                           "preprocess": {"shape": [16, 16]}}))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -108,6 +117,10 @@ def assert_refused(result, marker: Path, hostile: Path, words: tuple[str, ...] =
 
 # --- commands that take a weights file or a model path ----------------------------------------------------------
 
+def _data(ws: Workspace) -> list:
+    return ["--data", ws.config("run-data"), "--data-root", ws.root]
+
+
 # command name → argv given the workspace, the hostile path and an output folder
 FILE_COMMANDS: dict[str, Callable[[Workspace, Path, Path], list[str]]] = {
     "generate --model": lambda ws, p, out: ["generate", "--model", p, "--n", "1", "--out", out],
@@ -123,6 +136,15 @@ FILE_COMMANDS: dict[str, Callable[[Workspace, Path, Path], list[str]]] = {
     "deepssim train --weights": lambda ws, p, out: ["deepssim", "train", "--train-folder", ws.images, "--shape",
                                                     "16x16", "--epochs", "1", "--backbone", "timm:resnet18",
                                                     "--weights", p, "--out", out],
+    # phase 2: the audit and its verbs
+    "run --model": lambda ws, p, out: ["run", "--model", p, *_data(ws), "--out", out],
+    "attack mia --model": lambda ws, p, out: ["attack", "mia", "--model", p, *_data(ws), "--out", out],
+    "attack reid --model": lambda ws, p, out: ["attack", "reid", "--model", p, *_data(ws), "--out", out],
+    "score fidelity --model": lambda ws, p, out: ["score", "fidelity", "--model", p, *_data(ws), "--out", out],
+    "score utility --model": lambda ws, p, out: ["score", "utility", "--model", p, *_data(ws), "--out", out],
+    "score utility --weights": lambda ws, p, out: ["score", "utility", "--synthetic", ws.images, *_data(ws),
+                                                   "--classifier", "timm", "--timm-model", "resnet18",
+                                                   "--weights", p, "--out", out],
 }
 
 
@@ -132,7 +154,19 @@ def test_pickled_weight_file_is_refused(ws, tmp_path, marker, command, form):
     hostile = write_weight_file(tmp_path / "given", form, marker)
     result = run_cli(FILE_COMMANDS[command](ws, hostile, tmp_path / "out"))
     assert_refused(result, marker, hostile, words=("pickle",))
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # nothing written (`audit run` holds the lock file of OUT while it checks its inputs)
+    assert not (tmp_path / "out").exists() or \
+        {p.name for p in (tmp_path / "out").iterdir()} <= {".audit-run.lock"}
+
+
+@pytest.mark.parametrize("form", list(WEIGHT_FILE_FORMS))
+def test_inception_weights_load_tensors_only(ws, tmp_path, marker, form):
+    """Inception's published weights are a torch.save file, so `score fidelity --extractor inception --weights`
+    reads them with torch.load(weights_only=True): a pickle that would run code fails to load, and never runs."""
+    hostile = write_weight_file(tmp_path / "given", form, marker)
+    result = run_cli(["score", "fidelity", "--real", ws.images, "--synthetic", ws.holdout, "--extractor",
+                      "inception", "--weights", hostile, "--out", tmp_path / "out"])
+    assert_refused(result, marker, hostile)
 
 
 def _ldm_swapped(ws: Workspace, target: Path, marker: Path, payload: str) -> Path:
@@ -247,6 +281,10 @@ YAML_COMMANDS: dict[str, Callable[[Workspace, Path, Path], list[str]]] = {
                                                        "--data-root", ws.images, "--config", p, "--out", out],
     "deepssim dataset preset (--data)": lambda ws, p, out: ["deepssim", "train", "--data", p, "--data-root",
                                                             ws.images, "--out", out],
+    "gates file (run --gates)": lambda ws, p, out: ["run", "--model", ws.ldm, *_data(ws), "--gates", p,
+                                                    "--out", out],
+    "run configuration (run --config)": lambda ws, p, out: ["run", "--model", ws.ldm, *_data(ws), "--config", p,
+                                                            "--out", out],
 }
 
 

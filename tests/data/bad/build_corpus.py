@@ -187,6 +187,40 @@ def folder_dataset(case: Path, manifest: str | None = None, extra: dict[str, Cal
     (case / "data.yaml").write_text(yaml.safe_dump(preset or FOLDER_PRESET, sort_keys=False))
 
 
+def run_world(case: Path, n_train: int = 6, n_test: int = 4, model: dict[str, Callable[[Path], None]] | None = None,
+              gates: str | None = None, config: str | None = None) -> None:
+    """What `audit run` takes: a labelled folder dataset (`data/`, 2 images per patient, train and test splits,
+    `data.yaml`), a folder model of 16×16 synthetic images (`model/`, or the files `model` writes), and optionally
+    `gates.yaml` / `run.yaml` holding the given text."""
+    rows = ["file,id,patient_id,split,view,laterality,birads"]
+    for i in range(n_train + n_test):
+        png16(case / "data" / f"r{i}.png", 400 + i)
+        rows.append(f"r{i}.png,r{i},p{i // 2},{'train' if i < n_train else 'test'},{('CC', 'MLO')[i % 2]},L,"
+                    f"{1 + i % 2}")
+    (case / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (case / "data.yaml").write_text(yaml.safe_dump({"name": "run-world", "reader": "folder", "manifest": "manifest.csv",
+                                                    "preprocess": {"shape": [16, 16]}}, sort_keys=False))
+    files = model if model is not None else {f"s{i}.png": (lambda i: lambda p: png16(p, 500 + i))(i) for i in range(6)}
+    (case / "model").mkdir(parents=True, exist_ok=True)
+    for name, write in files.items():
+        write(case / "model" / name)
+    for name, text in (("gates.yaml", gates), ("run.yaml", config)):
+        if text is not None:
+            (case / name).write_text(text)
+
+
+def _volume_world(case: Path) -> None:
+    """A 3D folder dataset (8³ volumes, train and test) for a 2D checkpoint made at test time (setups.py)."""
+    (case / "volumes").mkdir(parents=True)
+    rows = ["file,id,patient_id,split"]
+    for i in range(4):
+        np.save(case / "volumes" / f"v{i}.npy", smooth_volume(i).astype(np.float32))
+        rows.append(f"v{i}.npy,v{i},p{i},{'train' if i < 2 else 'test'}")
+    (case / "volumes" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (case / "volumes.yaml").write_text(yaml.safe_dump({"name": "volumes", "reader": "folder", "manifest": "manifest.csv",
+                                                       "preprocess": {"shape": [8, 8, 8]}}, sort_keys=False))
+
+
 def set_row(rows: list[dict], index: int, **changes) -> list[dict]:
     rows = [dict(r) for r in rows]
     rows[index].update(changes)
@@ -201,6 +235,8 @@ NIFTI_EXPORT = ["data", "export", "--data", "{case}/data.yaml", "--data-root", "
                 "--out", "{out}"]
 FOLDER_EXPORT = ["data", "export", "--data", "{case}/data.yaml", "--data-root", "{case}", "--split", "all",
                  "--out", "{out}"]
+RUN = ["run", "--model", "{case}/model", "--data", "{case}/data.yaml", "--data-root", "{case}/data", "--stages",
+       "replicas", "--out", "{out}"]
 REPLICAS = ["replicas", "--train", "{case}/train", "--holdout", "{case}/holdout", "--synthetic", "{case}/synth",
             "--out", "{out}"]
 
@@ -579,6 +615,48 @@ CASES: list[Case] = [
          lambda c: _config_case(_alias_bomb_text())(c)),
     Case("config-not-a-mapping", "a YAML list where a mapping of keys is expected", FOLDER_EXPORT,
          ["expected a mapping"], ["{case}/data.yaml"], _config_case("- name\n- reader\n")),
+    # --- audit run and the score verbs ---
+    Case("run-gates-bad-op", "a gate whose op is '=<'", RUN + ["--gates", "{case}/gates.yaml"],
+         ["gates.0.op"], ["{case}/gates.yaml"],
+         lambda c: run_world(c, gates="version: 1\ngates:\n  - {metric: replicas/flagged_share, op: '=<', "
+                                      "threshold: 0.05}\n")),
+    Case("run-gates-threshold-nan", "a gate whose threshold is .nan (every comparison with it is false)",
+         RUN + ["--gates", "{case}/gates.yaml"], ["threshold", "finite"], ["{case}/gates.yaml"],
+         lambda c: run_world(c, gates="version: 1\ngates:\n  - {metric: replicas/flagged_share, op: '<=', "
+                                      "threshold: .nan}\n")),
+    Case("run-gates-unknown-stage", "a gate on a figure of a stage that does not exist",
+         RUN + ["--gates", "{case}/gates.yaml"], ["unknown stage 'copies'"], ["{case}/gates.yaml"],
+         lambda c: run_world(c, gates="version: 1\ngates:\n  - {metric: copies/share, op: '<=', threshold: 0.05}\n")),
+    Case("run-gates-empty", "a gates file with no gate (it would pass anything)", RUN + ["--gates", "{case}/gates.yaml"],
+         ["at least one gate"], ["{case}/gates.yaml"], lambda c: run_world(c, gates="version: 1\ngates: []\n")),
+    Case("run-gates-unknown-key", "a gates file with a misspelt key", RUN + ["--gates", "{case}/gates.yaml"],
+         ["unknown key 'required_stage'"], ["{case}/gates.yaml"],
+         lambda c: run_world(c, gates="version: 1\nrequired_stage: [replicas]\ngates:\n  - {metric: "
+                                      "replicas/flagged_share, op: '<=', threshold: 0.05}\n")),
+    Case("run-unknown-gates-preset", "--gates names a preset that does not exist", RUN + ["--gates", "strict"],
+         ["unknown gate preset 'strict'"], [], run_world),
+    Case("run-unknown-dataset-preset", "--data names a preset that does not exist",
+         ["run", "--model", "{case}/model", "--data", "vindr-mammo", "--data-root", "{case}/data", "--out", "{out}"],
+         ["unknown dataset preset 'vindr-mammo'"], [], run_world),
+    Case("run-config-bad-stage-parameter", "--config sets the replica quantile to 2",
+         RUN + ["--config", "{case}/run.yaml"], ["stage 'replicas'", "quantile"], ["{case}/run.yaml"],
+         lambda c: run_world(c, config="replicas: {quantile: 2}\n")),
+    Case("run-model-of-volumes-on-2d-data", "a folder model of 3D volumes audited against a 2D dataset", RUN,
+         ["makes 3D images", "is 2D"], ["{case}/model"],
+         lambda c: run_world(c, model={f"v{i}.npy": _npy(smooth_volume(i)) for i in range(3)})),
+    Case("run-checkpoint-for-another-shape", "a 2D checkpoint (16 × 16) audited against a 3D dataset",
+         ["run", "--model", "{case}/ckpt", "--data", "{case}/volumes.yaml", "--data-root", "{case}/volumes",
+          "--stages", "replicas", "--out", "{out}"], ["makes 2D images", "is 3D"], ["{case}/ckpt"],
+         _volume_world, setup="tiny_ldm_checkpoint"),
+    Case("run-model-not-a-model", "--model is a folder with no model and no images", RUN, ["not a model"],
+         ["{case}/model"], lambda c: run_world(c, model={"README.txt": lambda p: p.write_text("no images\n")})),
+    Case("run-n-beyond-the-folder", "--n 50 on a folder model of 6 images", RUN + ["--n", "50"],
+         ["holds 6 images", "--n 50"], ["{case}/model"], run_world),
+    Case("run-members-csv-missing", "--members names a CSV that is not there", RUN + ["--members", "{case}/members.csv"],
+         ["members CSV not found"], ["{case}/members.csv"], run_world),
+    Case("score-fidelity-too-few-images", "FID/KID/precision-recall on 3 synthetic images",
+         ["score", "fidelity", "--real", "{case}/train", "--synthetic", "{case}/synth", "--out", "{out}"],
+         ["3 images", "at least 6"], [], lambda c: folder_sets(c)),
     # --- generation ---
     Case("generate-not-a-model", "--model is a folder with no model and no images",
          ["generate", "--model", "{case}", "--n", "2", "--out", "{out}"], ["not a model"], ["{case}"],
