@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ from audit.checkpoints import (file_sha256, load_checkpoint, load_state_strict, 
                                save_checkpoint)
 from audit.errors import AuditInputError
 from audit.features import recalibrate_batchnorm, resize_to, zscore_per_image
+from audit.parallel import LOCAL, Source, image_loader, resolve, shipped
 from audit.registry import Params, Runtime
 
 ATTACKER_KIND = "reid-attacker"
@@ -111,11 +113,26 @@ class ReidAttacker:
             return np.zeros((0, self.dim), np.float32)
         return torch.nn.functional.normalize(torch.cat(chunks), dim=1).numpy()
 
-    def embed_dataset(self, dataset, progress: str | None = None) -> np.ndarray:
-        """Embeddings of an `ImageDataset`, streamed (memory bounded by the batch size)."""
-        chunks = [self.embed(images) for images, _ in
-                  dataset.iter_images(batch_size=self.batch_size, progress=progress)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+    def embed_dataset(self, dataset, progress: str | None = None, executor=None) -> np.ndarray:
+        """Embeddings of an `ImageDataset`, streamed (memory bounded by the batch size). With an executor that
+        leaves the process (`audit.parallel`, --ray-address), records travel in the same batches and each worker
+        loads the attacker once from its checkpoint folder and reads its own images."""
+        executor = executor or LOCAL
+        if executor.in_process:
+            chunks = [self.embed(images) for images, _ in
+                      dataset.iter_images(batch_size=self.batch_size, progress=progress)]
+            return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+        if len(dataset) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        rows = executor.map_batches(EmbedRecords, dataset.records, batch_size=self.batch_size,
+                                    constructor_kwargs={"attacker": shipped(executor, self, self.source()),
+                                                        "loader": image_loader(dataset)})
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def source(self) -> "AttackerSource | None":
+        """The recipe workers load this attacker from (its checkpoint folder), None when it was never saved."""
+        folder = self.info.get("checkpoint")
+        return AttackerSource(str(folder), str(self.device), self.batch_size) if folder else None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": ATTACKER_KIND, "ndim": self.ndim, "data_shape": list(self.data_shape),
@@ -282,6 +299,29 @@ def untrained_attacker(ndim: int, data_shape: tuple[int, ...], params: AttackerP
 
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoints and the cache
+
+
+@dataclass(frozen=True)
+class AttackerSource(Source):
+    """A saved attacker as a worker's recipe (`audit.parallel`): loaded once per worker."""
+
+    folder: str
+    device: str = "cpu"
+    batch_size: int = 64
+
+    def load(self) -> "ReidAttacker":
+        return load_attacker(self.folder, Runtime(device=self.device, batch_size=self.batch_size))
+
+
+class EmbedRecords:
+    """One batch of records on a worker: read the images, embed them (the batch `embed_dataset` would use)."""
+
+    def __init__(self, attacker, loader):
+        self.attacker = resolve(attacker)
+        self.loader = loader  # the dataset without its record list: decoder, preprocessing, cache
+
+    def __call__(self, records) -> list[np.ndarray]:
+        return list(self.attacker.embed(np.stack([self.loader.load(r)[0] for r in records])))
 
 
 def save_attacker(attacker: ReidAttacker, folder: str | Path) -> Path:
