@@ -28,6 +28,7 @@ from attacks.reid.evaluate import FPRS, LINK_FPR, EvaluationParams, ReidEvaluati
 from audit.artifacts import ArtifactCache
 from audit.errors import AuditInputError
 from audit.jsonio import write_json_atomic
+from audit.parallel import executor_of
 from audit.registry import Params, Runtime
 from audit.stages import Artefact, StageContext, StageInputs, StageOutput
 
@@ -134,9 +135,10 @@ def run_reid(train, holdout, synthetic, params: ReidStageParams, runtime: Runtim
         raise AuditInputError(params.checkpoint, f"the attacker embeds {attacker.ndim}D images, the data is "
                                                  f"{train.ndim}D")
     progress = runtime.progress
-    train_emb = attacker.embed_dataset(train, progress="embedding training images" if progress else None)
-    holdout_emb = attacker.embed_dataset(holdout, progress="embedding held-out images" if progress else None)
-    synthetic_emb = attacker.embed_dataset(synthetic, progress="embedding synthetic images" if progress else None)
+    executor = executor_of(runtime)  # in process, or Ray actors loading the attacker from its folder
+    train_emb = attacker.embed_dataset(train, "embedding training images" if progress else None, executor)
+    holdout_emb = attacker.embed_dataset(holdout, "embedding held-out images" if progress else None, executor)
+    synthetic_emb = attacker.embed_dataset(synthetic, "embedding synthetic images" if progress else None, executor)
     synthetic_patients, source_counts = source_patients(synthetic, train)
 
     evaluation = evaluate_embeddings(train_emb, train_patients, holdout_emb, holdout_patients, synthetic_emb,
