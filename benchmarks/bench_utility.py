@@ -14,6 +14,9 @@ from the artefact cache (the `trtr_from_cache` column).
 
 A held-out root is a phantom of the same kind drawn with another seed (`audit data phantom --seed S`): new
 patients from the same distribution; every image of it is a test image (without it: the data's test split).
+Brain phantoms reuse the ids P0000… under every seed: prefix the held-out manifest's `id` and `patient_id`
+(e.g. `H101_`) and copy the volumes, or the CLI refuses the shared patient ids. Results of 2026-11-30:
+benchmarks/results/bench_utility.md (and docs/utility.md, "Measured").
 """
 
 from __future__ import annotations
