@@ -32,18 +32,12 @@ test: $(VENV)/.installed-dev
 		|| echo "chromium could not be installed: the browser test will be skipped"; fi
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
-# The audit's main job on the embedded default: a phantom mammography set, a deliberately memorising generator
-# (the positive control) trained on it, its samples, and the replica audit that must catch them.
+# The product on the embedded default (audit demo): phantom mammography and brain sets, a normal and a memorising 2D
+# generator and a tiny 3D one (trained, or reused from $(SYNTH_AUDIT_CACHE)/demo), each audited with `audit run`,
+# the two 2D reports compared.
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_OUT)
-	$(VENV)/bin/audit data phantom --kind mammo --patients 200 --out $(DEMO_OUT)/phantom-mammo --seed 0
-	$(VENV)/bin/audit data inspect --data phantom-mammo --data-root $(DEMO_OUT)/phantom-mammo --out $(DEMO_OUT)/inspect-mammo
-	$(VENV)/bin/audit data export --data phantom-mammo --data-root $(DEMO_OUT)/phantom-mammo --split train --out $(DEMO_OUT)/real-train
-	$(VENV)/bin/audit data export --data phantom-mammo --data-root $(DEMO_OUT)/phantom-mammo --split test --out $(DEMO_OUT)/real-test
-	$(VENV)/bin/audit generator train --data phantom-mammo --data-root $(DEMO_OUT)/phantom-mammo --config memorize-quick --out $(DEMO_OUT)/model-memorize
-	$(VENV)/bin/audit generate --model $(DEMO_OUT)/model-memorize --n 64 --out $(DEMO_OUT)/synthetic --seed 0
-	$(VENV)/bin/audit replicas --train $(DEMO_OUT)/real-train --holdout $(DEMO_OUT)/real-test --synthetic $(DEMO_OUT)/synthetic --out $(DEMO_OUT)/replicas
-	@echo "demo done: $(DEMO_OUT)/inspect-mammo/contact_sheet.png, $(DEMO_OUT)/replicas/pairs.png, $(DEMO_OUT)/replicas/replicas.json"
+	$(VENV)/bin/audit demo --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(DEMO_OUT) .audit-cache .pytest_cache

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "attacks.cli",
     "audit.commands.score",
     "audit.commands.run",
+    "audit.commands.demo",
 )
 
 
