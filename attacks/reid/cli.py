@@ -21,6 +21,7 @@ import argparse
 from pathlib import Path
 
 from audit.commands.common import add_data_options, data_config_from_args
+from audit.parallel import add_executor_options, executor_from_args
 from audit.errors import EXIT_OK, AuditInputError
 
 DEFAULT_N = 64
@@ -57,6 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder")
     add_data_options(p, required=False)
     _add_runtime_options(p)
+    add_executor_options(p)  # --ray-address: the embedding passes on Ray actors
     p.set_defaults(func=run)
 
     verbs = p.add_subparsers(dest="reid_command", metavar="{train}")
@@ -94,7 +96,7 @@ def _setup(args):
     except ValidationError as err:
         raise AuditInputError(None, f"--option: {format_validation_error(err)}") from None
     runtime = Runtime(device=args.device, batch_size=args.batch_size, seed=args.seed, progress=True,
-                      cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+                      cache_dir=Path(args.cache_dir) if args.cache_dir else None, executor=executor_from_args(args))
     return params, runtime
 
 
