@@ -1,6 +1,6 @@
 """What is and is not bit-identical across thread counts and batch sizes (the figures in docs/reliability.md).
 
-    .venv/bin/python -m tests.determinism_probe [WORKDIR]
+    .venv/bin/python -m tests.determinism_probe [WORKDIR] [run]
 
 Each setting runs in its own process (thread pools are per process). Prints, per command and setting, how many
 output files are byte-identical to the reference setting and the largest difference where they are not (16-bit
@@ -22,10 +22,10 @@ from PIL import Image
 from tests.cli_harness import cli_command, subprocess_env, tiny_training_setup
 
 
-def run(argv: list, threads: int) -> None:
+def run(argv: list, threads: int, ok: tuple[int, ...] = (0, 1)) -> None:
     env = subprocess_env({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     result = subprocess.run(cli_command(argv), env=env, capture_output=True, text=True)
-    if result.returncode not in (0, 1):
+    if result.returncode not in ok:
         raise SystemExit(f"{argv}: {result.stderr[-2000:]}")
 
 
@@ -47,6 +47,45 @@ def compare_csv(reference: Path, other: Path) -> str:
                     for x, y in zip(a, b))
     return (f"{same_rows}/{len(a)} rows identical, same nearest image and decision in {decisions}/{len(a)}, "
             f"largest score difference {worst:.2e}")
+
+
+def compare_reports(reference: Path, other: Path) -> str:
+    """Figures of two report.json: how many are equal in every field, the largest difference of a value or bound."""
+    import json
+
+    a, b = (json.loads((p / "report.json").read_text())["figures"] for p in (reference, other))
+    fields = ("value", "ci_low", "ci_high")
+    same = sum(a[k] == b.get(k) for k in a)
+    worst = max((abs(a[k][f] - b[k][f]) for k in a for f in fields
+                 if isinstance(a[k].get(f), float) and isinstance(b[k].get(f), float)), default=0.0)
+    verdicts = "same verdict" if json.loads((reference / "report.json").read_text())["verdict"] == \
+        json.loads((other / "report.json").read_text())["verdict"] else "DIFFERENT verdicts"
+    return f"{same}/{len(a)} figures identical, largest difference {worst:.2e}; {verdicts}"
+
+
+def probe_run(work: Path) -> None:
+    """`audit run` with every stage on a tiny LDM (16 training / 8 held-out images), 1 thread vs 2."""
+    import yaml
+
+    root = work / "run"
+    root.mkdir(parents=True, exist_ok=True)
+    run(tiny_training_setup(root, n_images=16, side=16, steps=1, n_test=8), 1)
+    config = {"n": 16, "seed": 0, "generate": {"batch_size": 4, "steps": 2},
+              "fidelity": {"n_boot": 50}, "membership": {"attacks": ["loss", "pia", "dcr"], "n_boot": 50,
+                                                         "min_pairs": 4},
+              "replicas": {"scorers": ["ncc", "ssim"]},
+              "reid": {"attacker": {"epochs": 2, "max_steps": 8, "patients_per_batch": 4, "m_per_class": 2},
+                       "evaluation": {"n_boot": 50, "n_permutations": 50}},
+              "utility": {"n_boot": 50, "recipe": {"steps": 4}}}
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    print("audit run (every stage, tiny LDM 16x16, 16 synthetic images, seed 0); reference: 1 thread")
+    for name, threads in (("t1", 1), ("t1-again", 1), ("t2", 2)):
+        run(["run", "--model", root / "ldm", "--data", root / "data.yaml", "--data-root", root / "data",
+             "--config", root / "run.yaml", "--threads", threads, "--cache-dir", root / f"cache-{name}",
+             "--out", root / f"out-{name}", "--quiet"], threads, ok=(0, 1, 2))  # 2: ERROR (utility: one class)
+    for name in ("t1-again", "t2"):
+        print(f"  {name}: {compare_reports(root / 'out-t1', root / f'out-{name}')}; generated images: "
+              f"{compare_images(root / 'out-t1' / 'generate' / 'images', root / f'out-{name}' / 'generate' / 'images')}")
 
 
 def main(work: Path) -> None:
@@ -86,4 +125,10 @@ def main(work: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="determinism-")))
+    # python -m tests.determinism_probe [WORKDIR] [run]: `run` probes `audit run` only
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="determinism-"))
+    if sys.argv[2:] == ["run"]:
+        probe_run(folder)
+    else:
+        main(folder)
+        probe_run(folder)

@@ -59,7 +59,8 @@ def outcome(call, *args, **kwargs):
         PARSED[CURRENT[0]] += 1
         return result
     except AuditInputError as err:
-        assert "\n" not in err.problem, f"multi-line error: {err.problem!r}"
+        shown = str(err)  # what the CLI prints after `error: ` (control characters escaped by AuditInputError)
+        assert "\n" not in shown and "\r" not in shown, f"multi-line error: {shown!r}"
         return None
 
 
@@ -450,3 +451,80 @@ def test_generator_yaml_gives_a_config_or_one_line_error(tmp_path, document):
     count("generator YAML")
     config = outcome(load_generator_config, str(write(tmp_path / "g.yaml", document)))
     assert config is None or isinstance(config, GeneratorConfig)
+
+
+# --- gates files, run configurations, --option values (audit run) ------------------------------------------------
+
+metric_name = mostly(st.sampled_from(["replicas/flagged_share", "membership/best/auc", "fidelity/fid_over_floor",
+                                      "utility/gap", "reid/sanity/verification_auc"]),
+                     st.one_of(st.text(max_size=12), st.sampled_from(["copies/share", "/", "replicas", ""])))
+gate_like = st.fixed_dictionaries(
+    {"metric": mostly(metric_name, yaml_value), "op": mostly(st.sampled_from(["<", "<=", ">", ">="]), yaml_value),
+     "threshold": mostly(st.floats(allow_nan=True, allow_infinity=True), yaml_value)},
+    optional={"on": mostly(st.sampled_from(["value", "ci_low", "ci_high"]), yaml_value),
+              "severity": mostly(st.sampled_from(["fail", "warn"]), yaml_value), "title": yaml_value,
+              "extra": yaml_value})
+gates_like = st.fixed_dictionaries(
+    {"gates": mostly(st.lists(gate_like, max_size=3), yaml_value)},
+    optional={"version": mostly(st.just(1), yaml_value), "description": yaml_value,
+              "required_stages": mostly(st.lists(st.sampled_from(["fidelity", "utility", "reid", "membership",
+                                                                  "replicas", "copies"]), max_size=3), yaml_value),
+              "gate": yaml_value})
+
+
+@SETTINGS
+@given(document=st.one_of(gates_like.map(lambda d: yaml.safe_dump(d, allow_unicode=True)), st.text(max_size=160)))
+def test_gates_yaml_gives_a_gate_set_or_one_line_error(tmp_path, document):
+    from audit.gates import GateSet, check_stage_names, load_gates
+    from audit.stages import STAGES
+
+    count("gates YAML")
+    path = write(tmp_path / "gates.yaml", document)
+    loaded = outcome(load_gates, path)
+    if loaded is not None:
+        assert isinstance(loaded.gates, GateSet) and loaded.gates.gates
+        assert all(math.isfinite(g.threshold) for g in loaded.gates.gates)
+        outcome(check_stage_names, loaded.gates, set(STAGES.names()), str(path))
+
+
+run_config_like = st.fixed_dictionaries(
+    {}, optional={"n": mostly(st.integers(-2, 10 ** 6), yaml_value), "seed": mostly(st.integers(-2, 99), yaml_value),
+                  "stages": mostly(st.sampled_from(["replicas", "fidelity,replicas", "generate,reid", "copies", ""]),
+                                   yaml_value),
+                  "batch_size": yaml_value, "threads": yaml_value, "device": yaml_value, "colour": yaml_value,
+                  "generate": mostly(st.fixed_dictionaries({}, optional={"steps": st.integers(-1, 50),
+                                                                         "batch_size": st.integers(-1, 9)}),
+                                     yaml_value),
+                  "replicas": mostly(st.fixed_dictionaries({}, optional={"quantile": st.floats(allow_nan=True),
+                                                                         "scorers": st.lists(st.sampled_from(
+                                                                             ["ncc", "ssim", "nope"]), max_size=2)}),
+                                     yaml_value),
+                  "membership": mostly(st.fixed_dictionaries({}, optional={"n_boot": st.integers(-5, 50),
+                                                                           "attacks": st.lists(st.sampled_from(
+                                                                               ["loss", "dcr", "x"]), max_size=2)}),
+                                       yaml_value)})
+
+
+@FEW
+@given(document=st.one_of(run_config_like.map(lambda d: yaml.safe_dump(d, allow_unicode=True)), st.text(max_size=120)))
+def test_run_config_yaml_gives_a_configuration_or_one_line_error(tmp_path, document):
+    from audit.run_config import RunConfig, resolve_run_config
+
+    count("run config YAML")
+    config = outcome(resolve_run_config, {"model": "m", "data": "d"}, write(tmp_path / "run.yaml", document))
+    assert config is None or (isinstance(config, RunConfig) and config.options.n in (None,) or config.options.n >= 1)
+
+
+@SETTINGS
+@given(item=st.one_of(st.text(max_size=40), st.builds(lambda n, k, v: f"{n}.{k}={v}", st.text(max_size=6),
+                                                      st.text(max_size=6), st.text(max_size=30))))
+def test_option_assignment_gives_values_or_one_line_error(item, monkeypatch):
+    from audit.registry import parse_option_assignments
+
+    count("--option NAME.KEY=VALUE")
+    monkeypatch.setattr(builtins, "eval", lambda *a, **k: pytest.fail("eval called"))
+    parsed = outcome(parse_option_assignments, [item])
+    if parsed is not None:
+        ((name, values),) = parsed.items()
+        assert name and all(isinstance(k, str) and k for k in values)
+        assert all(v is None or isinstance(v, (str, int, float, bool, list, dict)) for v in values.values())
