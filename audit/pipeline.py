@@ -360,11 +360,11 @@ class Progress:
     def done(self, record: StageRecord, reused: bool, note: str | None = None) -> None:
         self.bar.update(1)
         if self.say is not None:
-            note = {"ok": "done", "skipped": "skipped", "error": "FAILED", "not_requested": "not requested"}
+            labels = {"ok": "done", "skipped": "skipped", "error": "FAILED", "not_requested": "not requested"}
             time_text = f"{record.seconds:.1f} s" if record.seconds is not None else ""
             extra = " (reused from a previous run)" if reused else (f" ({note})" if note else "")
             why = f": {record.reason}" if record.reason else ""
-            line = f"  {record.name:<11} {note[record.status]:<13} {time_text:>9}{extra}{why}"
+            line = f"  {record.name:<11} {labels[record.status]:<13} {time_text:>9}{extra}{why}"
             if self.enabled:
                 self.bar.write(line, file=sys.stderr)
             else:

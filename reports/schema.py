@@ -18,12 +18,14 @@ VOLATILE_STAGE = ("started_at", "seconds")
 # (`from_cache`, `*_from_cache`) — true facts about this run, not results
 VOLATILE_DETAIL_KEYS = ("seconds", "from_cache")
 VOLATILE_DETAIL_SUFFIX = "_from_cache"
+VOLATILE_DETAIL_TIME = ("seconds_", "_seconds")  # durations inside details: seconds_for_..., train_seconds
 
 
 def _strip_detail_keys(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_detail_keys(v) for k, v in value.items()
-                if k not in VOLATILE_DETAIL_KEYS and not str(k).endswith(VOLATILE_DETAIL_SUFFIX)}
+                if k not in VOLATILE_DETAIL_KEYS and not str(k).endswith(VOLATILE_DETAIL_SUFFIX)
+                and not str(k).startswith(VOLATILE_DETAIL_TIME[0]) and not str(k).endswith(VOLATILE_DETAIL_TIME[1])}
     if isinstance(value, list):
         return [_strip_detail_keys(v) for v in value]
     return value

@@ -448,3 +448,11 @@ def test_run_with_a_ray_address_but_no_ray_is_one_line_before_any_work(world, tm
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err == ["error: --ray-address: needs Ray, which is not installed: pip install 'synth-audit[distributed]'"]
     assert not (tmp_path / "out").exists()
+
+
+def test_strip_volatile_drops_times_and_cache_hits_inside_details():
+    report = {"created_at": "now", "stages": {"membership": {"seconds": 1.0, "status": "ok", "details": {
+        "seconds_for_synthetic_images": 3.2, "train_seconds": 5.0, "auc": 0.5,
+        "parts": [{"from_cache": True, "real_from_cache": False, "k": 1}]}}}}
+    assert strip_volatile(report) == {"stages": {"membership": {"status": "ok", "details": {
+        "auc": 0.5, "parts": [{"k": 1}]}}}}
