@@ -437,3 +437,12 @@ def test_every_white_box_attack_finds_the_members_of_a_memorising_model_and_not_
     for n in names:  # default parameters; measured 1.0 each, and 0.50-0.60 for the model of other images
         assert aucs["members"][n].value == 1.0
         assert aucs["other images"][n].ci_low <= 0.5 <= aucs["other images"][n].ci_high
+
+
+def test_attack_figures_read_as_privacy_risks():
+    # reports, gates and `audit compare` read membership figures like the replica share: higher is worse
+    from attacks.membership.evaluate import evaluate_attack
+
+    result = evaluate_attack([True, True, True, False, False, False], [0.9, 0.8, 0.4, 0.5, 0.2, 0.1], n_boot=50)
+    assert {name: e.higher_is_better for name, e in result.figures.items()} == {
+        name: False for name in result.figures}

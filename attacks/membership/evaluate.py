@@ -120,13 +120,16 @@ def evaluate_attack(is_member, scores, n_boot: int = 1000, seed: int = 0, groups
     if not np.all(np.isfinite(scores)):
         raise ValueError("attack scores must be finite")
     groups = None if groups is None else np.asarray([str(g) for g in groups])
-    figures = {"auc": cluster_bootstrap(roc_auc, labels, scores, groups, n_boot, seed)}
+    # figures are read as privacy risks (in reports, gates and `audit compare`): a higher AUC is worse for the
+    # model's members, so higher_is_better is False, as for the replica share and the re-id rate
+    risk = dict(higher_is_better=False)
+    figures = {"auc": cluster_bootstrap(roc_auc, labels, scores, groups, n_boot, seed, **risk)}
     for name, fpr in LOW_FPRS.items():
         figures[name] = cluster_bootstrap(lambda l, s, f=fpr: tpr_at_fpr_sorted(l, s, f), labels, scores, groups,
-                                          n_boot, seed)
+                                          n_boot, seed, **risk)
     threshold, _ = optimal_threshold(labels, scores)
     figures["balanced_accuracy"] = cluster_bootstrap(lambda l, s: optimal_threshold(l, s)[1], labels, scores, groups,
-                                                     n_boot, seed)
+                                                     n_boot, seed, **risk)
     nonmember_scores = scores[~labels]
     nonmember_groups = None if groups is None else groups[~labels]
     figures["control_auc"] = control = control_estimate(nonmember_scores, n_boot, seed, nonmember_groups)
