@@ -29,7 +29,6 @@ input order, so the message does not depend on scheduling); any other exception 
 from __future__ import annotations
 
 import argparse
-import pickle
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -179,6 +178,8 @@ class RayAdapter:
 
         results = []
         for payload in batch["payload"]:
+            # bytes this run's own driver serialised a moment ago and Ray carried in memory (never a user's file):
+            # the trust boundary of an untrusted checkpoint lies in the Source's loader, which reads safetensors
             group = cloudpickle.loads(payload)
             try:
                 if self.fn is None:
@@ -268,7 +269,7 @@ class RayExecutor(Executor):
         out: list[Any] = [None] * len(groups)
         for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
             for i, payload in zip(batch["group"], batch["result"]):
-                out[int(i)] = cloudpickle.loads(payload)
+                out[int(i)] = cloudpickle.loads(payload)  # results our own actors serialised (see RayAdapter)
                 if on_group is not None and not isinstance(out[int(i)], _WorkerError):
                     on_group(int(i), out[int(i)])
         return raise_first_worker_error(out)
@@ -331,9 +332,3 @@ def executor_from_args(args: argparse.Namespace) -> Executor:
     threads = getattr(args, "threads", None)
     return make_executor(address, Resources(num_cpus=cpus, num_gpus=gpus, actors=args.ray_actors, threads=threads))
 
-
-def pickle_roundtrip(value: Any) -> Any:
-    """What a worker receives: used by tests to check a pass's constructor kwargs and items travel."""
-    import cloudpickle
-
-    return pickle.loads(cloudpickle.dumps(value))

@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 
 from audit.errors import AuditInputError
-from audit.parallel import (LOCAL, LocalExecutor, Resources, chunk, executor_of, make_executor, pickle_roundtrip,
-                            resolve, shipped)
+from audit.parallel import LOCAL, LocalExecutor, Resources, chunk, executor_of, make_executor, resolve, shipped
 from audit.registry import Runtime
+
+
+def pickle_roundtrip(value):
+    """What a Ray worker receives (cloudpickle there, plain pickle back here)."""
+    import cloudpickle
+
+    return pickle.loads(cloudpickle.dumps(value))
 
 
 class Doubler:
