@@ -51,6 +51,19 @@ def resolve(value: Any) -> Any:
     return value.load() if isinstance(value, Source) else value
 
 
+@dataclass(frozen=True)
+class StoredObject(Source):
+    """An object the driver put once into Ray's object store (`RayExecutor.share`): one copy per node, which
+    every actor on it reads without copying its arrays (they arrive read-only)."""
+
+    ref: Any  # a ray.ObjectRef, kept alive by the driver while the pass runs
+
+    def load(self) -> Any:
+        import ray
+
+        return ray.get(self.ref)
+
+
 def shipped(executor: "Executor", obj: Any, source: Source | None) -> Any:
     """What to put in constructor_kwargs: the object already held when the work stays in process, the recipe
     when it goes to workers (the object itself, serialised, when there is no recipe)."""
@@ -101,6 +114,12 @@ class Executor:
         groups = self.map_groups(fn_class, chunk(items, batch_size), constructor_kwargs=constructor_kwargs,
                                  resources=resources, on_group=on_group)
         return [result for group in groups for result in group]
+
+    def share(self, obj: Any) -> Any:
+        """What to put in constructor_kwargs for a large object the driver already built and that has no recipe
+        cheaper than itself (a fitted search index): in process the object itself; on Ray a `StoredObject`, put
+        into the object store once however many actors and passes read it."""
+        return obj
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
@@ -273,6 +292,13 @@ class RayExecutor(Executor):
                 if on_group is not None and not isinstance(out[int(i)], _WorkerError):
                     on_group(int(i), out[int(i)])
         return raise_first_worker_error(out)
+
+    def share(self, obj: Any) -> StoredObject:
+        import ray
+
+        self._connect()
+        # Ray's own in-memory serialisation of an object this run built (never a user's file), as for groups
+        return StoredObject(ray.put(obj))
 
     def describe(self) -> dict[str, Any]:
         r = self.resources

@@ -4,6 +4,7 @@
                    [--scorers LIST | --preset default|fast] [--option SCORER.KEY=VALUE ...]
                    [--encoder NAME --weights PATH] [--deepssim CKPT] [--labels CSV] [--quantile Q] [--gate G]
                    [--device cpu] [--batch-size B] [--seed S]
+                   [--ray-address ADDR|auto|local [--ray-cpus-per-actor N] [--ray-gpus-per-actor N] [--ray-actors N]]
 
 Writes OUT/replicas.csv (synthetic,nearest_train,score,is_replica, then one column per scorer),
 OUT/replicas.json, OUT/pairs.png and OUT/histograms.png. Exit code 1 when the flagged share is significantly
@@ -18,6 +19,7 @@ from attacks.replicas.base import DEFAULT_QUANTILE
 from attacks.replicas.pipeline import DEFAULT_GATE
 from attacks.replicas.registry import PRESETS, known_scorers
 from audit.errors import EXIT_FAIL, EXIT_OK
+from audit.parallel import add_executor_options
 
 
 
@@ -57,6 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of learned scorers trained at fit")
+    add_executor_options(p)  # scoring of the holdout and synthetic images on Ray actors (audit.parallel)
     p.set_defaults(func=run)
 
 
@@ -82,10 +85,12 @@ def scorers_and_options(args: argparse.Namespace) -> tuple[list[str], dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     from attacks.replicas.pipeline import run_folder_audit
+    from audit.parallel import executor_from_args
     from audit.registry import Runtime
 
     names, options, preset = scorers_and_options(args)
-    runtime = Runtime(device=args.device, batch_size=args.batch_size, seed=args.seed)
+    runtime = Runtime(device=args.device, batch_size=args.batch_size, seed=args.seed,
+                      executor=executor_from_args(args))
     summary = run_folder_audit(args.train, args.holdout, args.synthetic, args.out, names, quantile=args.quantile,
                                labels_csv=args.labels, options=options, runtime=runtime, gate=args.gate,
                                preset=preset)

@@ -22,6 +22,7 @@ from attacks.replicas.calibrate import Calibration, calibrate, check_quantile, l
 from attacks.replicas.combined import DEFAULT_COMBINATION, make_combiner
 from audit.errors import AuditInputError
 from audit.metrics.statistics import Estimate, rate_estimate
+from audit.parallel import executor_of, image_loader, resolve
 from audit.progress import progress_bar
 
 COMBINED = "combined"
@@ -66,6 +67,17 @@ class ReplicaAudit:
     def holdout_scores(self, name: str) -> np.ndarray:
         return self.combined_holdout if name == COMBINED else self.holdout[name].scores
 
+    def level(self, q: int) -> str:
+        """The level whose statistic decided synthetic image q's combined score ('whole' or 'local'; always
+        'whole' under a combination without levels)."""
+        level_of = getattr(self.combiner, "level_of", None)
+        return level_of(self.decisive[q]) if level_of else "whole"
+
+    def level_thresholds(self) -> dict[str, float]:
+        """The combined threshold on each level's own scale (empty under a combination without levels)."""
+        thresholds = getattr(self.combiner, "level_thresholds", None)
+        return thresholds(self.threshold) if thresholds else {}
+
     def region(self, q: int) -> tuple[str, np.ndarray, np.ndarray] | None:
         """A matched region for synthetic image q: (scorer, query box, training box) from a local scorer whose
         nearest training image is the reported one (the decisive scorer first), or None."""
@@ -106,10 +118,74 @@ def score_in_batches(scorer: ReplicaScorer, images: np.ndarray | Iterable[np.nda
     return ReplicaScores.concatenate([scorer.score(batch) for batch in images])
 
 
+class ScoreReplicaQueries:
+    """One batch of query records on a worker (`audit.parallel`): its images read once, then scored by every
+    fitted scorer named (the scorers arrive once per worker, fitted). → per record {scorer: (its scores,
+    seconds)}, the seconds being the batch's scoring time of that scorer shared equally among its images."""
+
+    def __init__(self, scorers, loader, names: list[str]):
+        self.scorers = resolve(scorers)  # {name: fitted scorer}
+        self.loader = loader  # the query dataset without its record list: decoder, preprocessing, cache
+        self.names = list(names)
+
+    def __call__(self, records) -> list[dict[str, tuple[ReplicaScores, float]]]:
+        images = np.stack([self.loader.load(r)[0] for r in records])
+        rows: list[dict[str, tuple[ReplicaScores, float]]] = [{} for _ in records]
+        for name in self.names:
+            t0 = time.perf_counter()
+            result = self.scorers[name].score(images)
+            seconds = (time.perf_counter() - t0) / len(records)
+            for i, row in enumerate(rows):
+                row[name] = (result.take(slice(i, i + 1)), seconds)
+        return rows
+
+
+def score_on_workers(shared_scorers, names: list[str], dataset, executor, batch_size: int,
+                     progress: str | None = None) -> tuple[dict[str, ReplicaScores], dict[str, float]]:
+    """The named scorers applied to every image of `dataset` on the executor's workers: records travel in batches
+    of `batch_size` consecutive records (the batches `dataset.iter_images` streams in process), each worker reads
+    its images and holds the fitted scorers (`shared_scorers`: `executor.share({name: scorer})`); scores come
+    back in record order. → ({scorer: scores}, {scorer: scoring seconds summed over the workers})."""
+    if len(dataset) == 0:
+        raise AuditInputError(None, f"dataset '{dataset.name}' has no images to score")
+    bar = progress_bar(total=len(dataset), desc=progress) if progress else None
+    rows = executor.map_batches(ScoreReplicaQueries, dataset.records, batch_size=batch_size,
+                                constructor_kwargs={"scorers": shared_scorers, "loader": image_loader(dataset),
+                                                    "names": list(names)},
+                                on_group=(lambda _, r: bar.update(len(r))) if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    scores = {name: ReplicaScores.concatenate([row[name][0] for row in rows]) for name in names}
+    seconds = {name: float(sum(row[name][1] for row in rows)) for name in names}
+    return scores, seconds
+
+
+def score_sets_on_workers(scorers: dict[str, ReplicaScorer], train: np.ndarray, sets: dict[str, Any], executor,
+                          batch_size: int, progress: bool = False
+                          ) -> tuple[dict[str, dict[str, ReplicaScores]], dict[str, float], dict[str, Any]]:
+    """`score_sets` with the scoring on the executor's workers: every scorer fitted on `train` here, the fitted
+    scorers shared once (Ray's object store), each named query set (an `ImageDataset`: records travel) read once
+    and scored by all of them. Seconds per scorer: its fit plus its scoring time summed over the workers."""
+    timings: dict[str, float] = {}
+    for name, scorer in scorers.items():
+        t0 = time.perf_counter()
+        scorer.fit(train)
+        timings[name] = time.perf_counter() - t0
+    shared = executor.share(scorers)
+    out: dict[str, dict[str, ReplicaScores]] = {}
+    for set_name, dataset in sets.items():
+        out[set_name], seconds = score_on_workers(shared, list(scorers), dataset, executor, batch_size,
+                                                  f"replica scores ({set_name})" if progress else None)
+        for name, value in seconds.items():
+            timings[name] += value
+    return out, timings, {name: scorer.describe() for name, scorer in scorers.items()}
+
+
 def score_sets(scorers: dict[str, ReplicaScorer], train: np.ndarray, sets: dict[str, Any],
                progress: bool = False) -> tuple[dict[str, dict[str, ReplicaScores]], dict[str, float], dict[str, Any]]:
     """Every scorer fitted on `train`, then applied to each named query set (an array, or a callable returning a
-    fresh iterator of arrays). → ({set: {scorer: scores}}, seconds per scorer, describe() per scorer)."""
+    fresh iterator of arrays). → ({set: {scorer: scores}}, seconds per scorer, describe() per scorer).
+    In process; `score_sets_on_workers` is the same on an executor's workers."""
     out: dict[str, dict[str, ReplicaScores]] = {name: {} for name in sets}
     timings: dict[str, float] = {}
     descriptions: dict[str, Any] = {}
@@ -161,6 +237,18 @@ def audit_arrays(scorers: dict[str, ReplicaScorer], train: np.ndarray, holdout: 
         raise AuditInputError(None, "train, holdout and synthetic sets must each hold at least one image")
     scores, timings, descriptions = score_sets(scorers, train, {"holdout": holdout, "synthetic": synthetic},
                                                progress)
+    return assemble_audit(list(scorers), scores["holdout"], scores["synthetic"], quantile, combination, timings,
+                          descriptions)
+
+
+def audit_on_workers(scorers: dict[str, ReplicaScorer], train: np.ndarray, holdout, synthetic, executor,
+                     batch_size: int, quantile: float = 0.99, combination: str = DEFAULT_COMBINATION) -> ReplicaAudit:
+    """`audit_arrays` with the holdout and synthetic datasets scored on the executor's workers (records travel)."""
+    check_quantile(quantile)
+    if len(holdout) == 0 or len(synthetic) == 0 or len(train) == 0:
+        raise AuditInputError(None, "train, holdout and synthetic sets must each hold at least one image")
+    scores, timings, descriptions = score_sets_on_workers(scorers, train, {"holdout": holdout, "synthetic": synthetic},
+                                                          executor, batch_size, progress=True)
     return assemble_audit(list(scorers), scores["holdout"], scores["synthetic"], quantile, combination, timings,
                           descriptions)
 
@@ -230,7 +318,8 @@ def audit_summary(audit: ReplicaAudit, names: dict[str, list[str]], pair_ssim: n
                         * len(audit.combined_holdout)},
         "scorers": {n: {**audit.calibrations[n].to_dict(), "describe": audit.descriptions.get(n),
                         "seconds": round(audit.timings.get(n, 0.0), 3)} for n in audit.scorers},
-        "combined": {**audit.calibrations[COMBINED].to_dict(), "describe": audit.descriptions[COMBINED]},
+        "combined": {**audit.calibrations[COMBINED].to_dict(), "describe": audit.descriptions[COMBINED],
+                     "level_thresholds": audit.level_thresholds()},
         "flagged": audit.flagged.to_dict(),
         "holdout_flagged_crossfit": audit.holdout_crossfit.to_dict() if audit.holdout_crossfit else None,
         "top_pairs": [],
@@ -238,7 +327,7 @@ def audit_summary(audit: ReplicaAudit, names: dict[str, list[str]], pair_ssim: n
     for q in np.argsort(-audit.combined_synthetic, kind="stable")[:20]:
         pair = {"synthetic": names["synthetic"][q], "nearest_train": names["train"][audit.nearest[q]],
                 "score": float(audit.combined_synthetic[q]), "is_replica": bool(audit.is_replica[q]),
-                "decided_by": audit.decisive[q], "pair_ssim": float(pair_ssim[q])}
+                "decided_by": audit.decisive[q], "level": audit.level(q), "pair_ssim": float(pair_ssim[q])}
         region = audit.region(q)
         if region is not None:
             pair["region"] = {"scorer": region[0], "synthetic_box": region[1].tolist(),
@@ -262,8 +351,8 @@ def relative_names(dataset, folder: Path) -> list[str]:
     return out
 
 
-def load_folders(train_dir: Path, holdout_dir: Path, synthetic_dir: Path):
-    """The three image sets at one shape (the training set's first image's), plus their file names."""
+def open_folders(train_dir: Path, holdout_dir: Path, synthetic_dir: Path):
+    """The three folders as datasets at one shape (the training set's first image's), plus their file names."""
     from audit.data.readers.folder import open_folder
 
     for folder, flag in ((train_dir, "--train"), (holdout_dir, "--holdout"), (synthetic_dir, "--synthetic")):
@@ -271,14 +360,18 @@ def load_folders(train_dir: Path, holdout_dir: Path, synthetic_dir: Path):
             raise AuditInputError(folder, f"{flag} is not a folder")
     train_ds = open_folder(train_dir, name="train")
     shape = train_ds.shape
-    holdout_ds = open_folder(holdout_dir, shape=shape, name="holdout")
-    synthetic_ds = open_folder(synthetic_dir, shape=shape, name="synthetic")
-    arrays = {name: ds.stack(progress=f"reading {name}")
-              for name, ds in (("train", train_ds), ("holdout", holdout_ds), ("synthetic", synthetic_ds))}
-    names = {"train": relative_names(train_ds, Path(train_dir)),
-             "holdout": relative_names(holdout_ds, Path(holdout_dir)),
-             "synthetic": relative_names(synthetic_ds, Path(synthetic_dir))}
-    return arrays, names, shape
+    datasets = {"train": train_ds, "holdout": open_folder(holdout_dir, shape=shape, name="holdout"),
+                "synthetic": open_folder(synthetic_dir, shape=shape, name="synthetic")}
+    folders = {"train": train_dir, "holdout": holdout_dir, "synthetic": synthetic_dir}
+    names = {name: relative_names(ds, Path(folders[name])) for name, ds in datasets.items()}
+    return datasets, names, shape
+
+
+def load_folders(train_dir: Path, holdout_dir: Path, synthetic_dir: Path, sets=("train", "holdout", "synthetic")):
+    """The image sets (`sets` of the three) at one shape as arrays, plus their file names and the datasets."""
+    datasets, names, shape = open_folders(train_dir, holdout_dir, synthetic_dir)
+    arrays = {name: datasets[name].stack(progress=f"reading {name}") for name in sets}
+    return arrays, names, shape, datasets
 
 
 def _fmt(value: float) -> str:
@@ -289,12 +382,14 @@ def write_csv(path: Path, audit: ReplicaAudit, synthetic_names: list[str], train
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["synthetic", "nearest_train", "score", "is_replica", *audit.scorers])
+        # flagged_by (last, after the existing columns): the level that raised the flag, empty when not flagged
+        writer.writerow(["synthetic", "nearest_train", "score", "is_replica", *audit.scorers, "flagged_by"])
         flagged = audit.is_replica
         for i, name in enumerate(synthetic_names):
             writer.writerow([name, train_names[audit.nearest[i]], _fmt(audit.combined_synthetic[i]),
                              "true" if flagged[i] else "false",
-                             *(_fmt(audit.synthetic[s].scores[i]) for s in audit.scorers)])
+                             *(_fmt(audit.synthetic[s].scores[i]) for s in audit.scorers),
+                             audit.level(i) if flagged[i] else ""])
     tmp.replace(path)
 
 
@@ -346,12 +441,20 @@ def run_folder_audit(train_dir: str | Path, holdout_dir: str | Path, synthetic_d
     train_dir, holdout_dir, synthetic_dir, out_dir = map(Path, (train_dir, holdout_dir, synthetic_dir, out_dir))
     # scorers are built (parameters validated, checkpoints loaded) before any image is read
     scorers = build_scorers(scorer_names, options, runtime.with_(progress=True))
-    arrays, names, shape = load_folders(train_dir, holdout_dir, synthetic_dir)
+    executor = executor_of(runtime)
+    # on workers the holdout is read where it is scored (records travel), not here
+    arrays, names, shape, datasets = load_folders(train_dir, holdout_dir, synthetic_dir, (
+        "train", "holdout", "synthetic") if executor.in_process else ("train", "synthetic"))
     scorers, skipped = drop_unsupported(scorers, shape)
     report_skipped(skipped)
     labels = read_labels_csv(labels_csv, names["synthetic"]) if labels_csv else None
 
-    audit = audit_arrays(scorers, arrays["train"], arrays["holdout"], arrays["synthetic"], quantile, progress=True)
+    if executor.in_process:
+        audit = audit_arrays(scorers, arrays["train"], arrays["holdout"], arrays["synthetic"], quantile,
+                             progress=True)
+    else:
+        audit = audit_on_workers(scorers, arrays["train"], datasets["holdout"], datasets["synthetic"], executor,
+                                 runtime.batch_size, quantile)
     parameters = {"train": str(train_dir), "holdout": str(holdout_dir), "synthetic": str(synthetic_dir),
                   "shape": list(shape), "preset": preset, "quantile": quantile, "options": options or {},
                   "labels": str(labels_csv) if labels_csv else None, "gate": gate,

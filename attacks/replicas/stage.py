@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 from attacks.replicas.base import DEFAULT_QUANTILE, ReplicaScores
 from attacks.replicas.registry import DEFAULT_SCORERS, SCORERS, build_scorers, check_options
 from audit.errors import AuditInputError
+from audit.parallel import executor_of
 from audit.registry import Params, Runtime
 from audit.stages import Artefact, StageContext, StageInputs, StageOutput
 
@@ -84,6 +85,31 @@ def save_arrays(folder: Path, name: str, arrays: dict[str, np.ndarray | None]) -
 def load_arrays(folder: Path, name: str) -> dict[str, np.ndarray]:
     with np.load(folder / f"{name}.npz", allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def score_stage_on_workers(scorers: dict, null_keys: dict[str, dict], holdout, synthetic, executor, cache,
+                           batch_size: int) -> tuple[dict[str, ReplicaScores], dict[str, ReplicaScores]]:
+    """The stage's scoring on the executor's workers (`audit.parallel`): the fitted scorers shared once, the
+    holdout scored (one pass, every scorer whose null is not cached) and the synthetic set scored (one pass, every
+    scorer), in the batches the in-process loop streams; nulls cached as in process. → (holdout, synthetic)."""
+    from attacks.replicas.pipeline import score_on_workers
+
+    shared = executor.share(scorers)
+    missing = [n for n in scorers if not (cache.path("replicas-null", null_keys[n]) / ".complete").is_file()]
+    nulls = score_on_workers(shared, missing, holdout, executor, batch_size)[0] if missing else {}
+
+    def build_null(folder: Path, name: str) -> None:
+        if name not in nulls:  # cached when we looked, gone since: score it now
+            nulls.update(score_on_workers(shared, [name], holdout, executor, batch_size)[0])
+        result = nulls[name]
+        save_arrays(folder, "null", {f: getattr(result, f) for f in SCORES_FIELDS})
+
+    holdout_scores = {}
+    for name in scorers:
+        folder = cache.get_or_build("replicas-null", null_keys[name], lambda f, n=name: build_null(f, n))
+        holdout_scores[name] = ReplicaScores(**{f: load_arrays(folder, "null").get(f) for f in SCORES_FIELDS})
+    synthetic_scores = score_on_workers(shared, list(scorers), synthetic, executor, batch_size)[0]
+    return holdout_scores, synthetic_scores
 
 
 class ReplicaStage:
@@ -157,20 +183,28 @@ class ReplicaStage:
         synthetic = LazyImages(inputs.synthetic, runtime.batch_size)
         holdout_scores: dict[str, ReplicaScores] = {}
         synthetic_scores: dict[str, ReplicaScores] = {}
+        executor = executor_of(runtime)
+        null_keys: dict[str, dict] = {}
         for name, scorer in scorers.items():
             params = scorer.params.model_dump(mode="json")
             key = {"train": train_fp, "params": params, "files": weights_identity(params), "seed": runtime.seed,
                    "suite": [provenance["version"], provenance["git_commit"]]}
             self._fitted(name, scorer, key, get_train, context.cache)
+            null_keys[name] = {**key, "scorer": name, "holdout": holdout_fp}
+            if not executor.in_process:
+                continue  # scored below, every scorer in one pass over each set on the workers
 
             def build_null(folder: Path, scorer=scorer) -> None:
                 result = score_in_batches(scorer, holdout.batches())
                 save_arrays(folder, "null", {f: getattr(result, f) for f in SCORES_FIELDS})
 
-            folder = context.cache.get_or_build("replicas-null", {**key, "scorer": name, "holdout": holdout_fp},
-                                                build_null)
+            folder = context.cache.get_or_build("replicas-null", null_keys[name], build_null)
             holdout_scores[name] = ReplicaScores(**{f: load_arrays(folder, "null").get(f) for f in SCORES_FIELDS})
             synthetic_scores[name] = score_in_batches(scorer, synthetic.batches())
+        if not executor.in_process:
+            holdout_scores, synthetic_scores = score_stage_on_workers(scorers, null_keys, inputs.holdout,
+                                                                      inputs.synthetic, executor, context.cache,
+                                                                      runtime.batch_size)
 
         names = list(scorers)
         audit = assemble_audit(names, holdout_scores, synthetic_scores, self.params.quantile,
