@@ -397,11 +397,12 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     replica's source.
 
     Combiners: `combined` (the suite's rule over every scored scorer), `default` and `fast` (the same rule over
-    the members of those presets, when all were scored: what a user gets), and with `comparisons` the earlier
+    the members of those presets, when all were scored: what a user gets), `default_tail_p` (the default set
+    under the earlier rule, `tail_p`, for before/after on the same scores), and with `comparisons` the earlier
     definitions (equal weights, max-z) and the voxel scorers alone. Single scorers are compared (paired
     bootstrap) with `reference`."""
     from attacks.replicas.calibrate import calibrate
-    from attacks.replicas.combined import MaxZCombiner, TailPCombiner
+    from attacks.replicas.combined import MaxZCombiner, TailPCombiner, make_combiner
     from attacks.replicas.registry import PRESETS
     from audit.metrics.statistics import rate_estimate, roc_auc, tpr_at_fpr
 
@@ -415,10 +416,13 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     nearest = {n: np.asarray(record[f"nearest_{n}"]) for n in scorer_names}
     holdout_scores = {n: s[:n_h] for n, s in scores.items()}
     nearest_by_scorer = np.stack([nearest[n] for n in scorer_names], 1)
-    combiners = {"combined": TailPCombiner().fit(holdout_scores)}  # the suite's definition over every scorer
+    # the suite's definition (its default rule, `local_gate` since 2026-11-30 evening) over every scorer
+    combiners = {"combined": make_combiner().fit(holdout_scores)}
     for preset, members in PRESETS.items():  # what `audit replicas` runs by default, and --preset fast
         if set(members) <= set(scorer_names):
-            combiners[preset] = TailPCombiner().fit({n: holdout_scores[n] for n in members})
+            combiners[preset] = make_combiner().fit({n: holdout_scores[n] for n in members})
+    if set(PRESETS["default"]) <= set(scorer_names):  # the default set under the rule it had before the local gate
+        combiners["default_tail_p"] = TailPCombiner().fit({n: holdout_scores[n] for n in PRESETS["default"]})
     if comparisons:
         # the same with equal weights (the suite's rule before ncc_reg existed), and the first definition
         combiners["combined_equal_w"] = TailPCombiner(primary_weight=None).fit(holdout_scores)

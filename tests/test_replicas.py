@@ -231,7 +231,7 @@ def test_cli_2d_png_flags_the_planted_copy(tmp_path):
     assert run_cli(root, "--labels", str(tmp_path / "labels.csv"), "--quantile", "0.95", "--preset", "fast",
                    "--gate", "0.5") == 0  # at q = 0.95 one novel image in 8 may pass too: not what this checks
     rows = read_csv(root / "out" / "replicas.csv")
-    assert list(rows[0]) == ["synthetic", "nearest_train", "score", "is_replica", "ncc", "ssim"]
+    assert list(rows[0]) == ["synthetic", "nearest_train", "score", "is_replica", "ncc", "ssim", "flagged_by"]
     by_name = {r["synthetic"]: r for r in rows}
     assert by_name["copy.png"]["is_replica"] == "true" and by_name["copy.png"]["nearest_train"] == "t007.png"
     assert float(by_name["copy.png"]["ncc"]) == pytest.approx(1.0, abs=1e-3)  # PNG quantisation only
@@ -253,7 +253,8 @@ def test_cli_3d_nifti_and_npy_with_resampling(tmp_path):
     assert run_cli(root, "--scorers", "ncc") == 0
     rows = {r["synthetic"]: r for r in read_csv(root / "out" / "replicas.csv")}
     assert rows["copy.nii.gz"]["nearest_train"] == "t007.nii.gz" and rows["copy.nii.gz"]["is_replica"] == "true"
-    assert "big.npy" in rows and list(next(iter(rows.values()))) [-1] == "ncc"
+    assert "big.npy" in rows and list(next(iter(rows.values())))[-2:] == ["ncc", "flagged_by"]
+    assert rows["copy.nii.gz"]["flagged_by"] == "whole" and rows["big.npy"]["flagged_by"] in ("", "whole")
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):

@@ -175,6 +175,149 @@ class MaxZCombiner:
                 "holdout_mean": dict(self.means), "holdout_std": dict(self.stds)}
 
 
+# scorers that look at a region, not the whole image: the local gate below treats them as a level of their own
+LOCAL_SCORERS = ("ncc_local",)
+LOCAL_SHARE = 0.5
+
+
+@dataclass
+class LocalGateCombiner:
+    """Two levels, each its own gate: flag when the whole-image combination (``tail_p`` over the whole-image
+    scorers) or the local scorer (``ncc_local``) is improbably high under its own holdout null.
+
+    Each level's score is turned into −log10 p under that level's holdout distribution (the same tail model as one
+    scorer's), plus log10(G · w_level) with G the number of levels and w the level's share of the false-positive
+    budget (weighted Bonferroni: the local level gets `local_share`, the whole-image level the rest); the combined
+    score is the maximum, thresholded like any score at the q-quantile of the holdout's own combined scores — so
+    the budget split is Bonferroni-style and the overall rate is calibrated jointly on the holdout.
+
+    Why: inside one weighted maximum over every scorer, the local scorer got 1/6 of the weight (ncc_reg 1/2) and
+    a perfect partial copy (ncc_local = 1.000) stayed below the combined threshold (held-out seed 101: 1.85 <
+    2.51); the partial copies it alone finds were lost. As its own level it competes with one whole-image
+    statistic, not with each whole-image scorer's chance peaks. Without a local scorer (or with only local
+    scorers) this is exactly ``tail_p``."""
+
+    name: str = "combined"
+    primary_weight: float | None = PRIMARY_WEIGHT
+    local_share: float = LOCAL_SHARE
+    local_scorers: tuple[str, ...] = LOCAL_SCORERS
+    order: list[str] = field(default_factory=list)  # the fitted scorer order (decisive indices refer to it)
+    whole: TailPCombiner | None = None
+    whole_model: TailModel | None = None
+    local_models: dict[str, TailModel] = field(default_factory=dict)
+    level_weights: dict[str, float] = field(default_factory=dict)
+
+    def fit(self, holdout_scores: dict[str, np.ndarray]) -> "LocalGateCombiner":
+        if not holdout_scores:
+            raise ValueError("the combination needs at least one scorer")
+        self.order = list(holdout_scores)
+        local = [s for s in self.order if s in self.local_scorers]
+        whole = [s for s in self.order if s not in self.local_scorers]
+        if not local or not whole:  # one level only: the plain tail_p rule
+            self.whole = TailPCombiner(primary_weight=self.primary_weight).fit(holdout_scores)
+            self.whole_model, self.local_models, self.level_weights = None, {}, {}
+            return self
+        self.whole = TailPCombiner(primary_weight=self.primary_weight).fit({s: holdout_scores[s] for s in whole})
+        self.whole_model = TailModel.fit(self.whole.combine({s: holdout_scores[s] for s in whole})[0])
+        self.local_models = {s: TailModel.fit(holdout_scores[s]) for s in local}
+        self.level_weights = {"whole": 1.0 - self.local_share,
+                              **{s: self.local_share / len(local) for s in local}}
+        return self
+
+    @property
+    def gated(self) -> bool:
+        return self.whole_model is not None
+
+    def level_statistics(self, scores: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """({level: −log10 p + log10(G w)}, decisive scorer of the whole-image level as an index into `order`)."""
+        missing = set(self.order) - set(scores)
+        if missing:
+            raise ValueError(f"scores lack the fitted scorer(s) {sorted(missing)}")
+        whole_names = self.whole.scorers
+        whole_score, whole_decisive = self.whole.combine({s: scores[s] for s in whole_names})
+        whole_decisive = np.array([self.order.index(s) for s in whole_names])[whole_decisive]
+        g = len(self.level_weights)
+        stats = {"whole": self.whole_model.neg_log10_p(whole_score) + math.log10(g * self.level_weights["whole"])}
+        for s, model in self.local_models.items():
+            stats[s] = model.neg_log10_p(scores[s]) + math.log10(g * self.level_weights[s])
+        return stats, whole_decisive
+
+    def combine(self, scores: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(combined score (Q,), index into the fitted scorer order of the scorer that decided (Q,)): the
+        whole-image level's decisive scorer, or the local scorer when its level reaches the maximum."""
+        if not self.gated:
+            return self.whole.combine(scores)
+        stats, whole_decisive = self.level_statistics(scores)
+        levels = list(stats)
+        stacked = np.stack([stats[level] for level in levels], axis=1)
+        winner = np.argmax(stacked, axis=1)  # ties: the whole-image level
+        level_scorer = np.array([-1] + [self.order.index(s) for s in levels[1:]])
+        decisive = np.where(winner == 0, whole_decisive, level_scorer[winner])
+        return stacked[np.arange(len(stacked)), winner], decisive
+
+    def level_of(self, scorer: str) -> str:
+        """The level a decisive scorer belongs to: 'local' or 'whole'."""
+        return "local" if self.gated and scorer in self.local_models else "whole"
+
+    def level_thresholds(self, threshold: float) -> dict[str, float]:
+        """The combined threshold on each level's own scale: the whole-image tail_p score, and the local scorer's
+        NCC, above which that level alone raises the flag (the −log10 p above u is the exponential tail, inverted
+        exactly; at or below u the empirical p is a step function, and the smallest holdout value whose step
+        exceeds the threshold is given)."""
+        if not self.gated:
+            return {}
+        g = len(self.level_weights)
+        out = {}
+        for level, model in (("whole", self.whole_model), *self.local_models.items()):
+            target = threshold - math.log10(g * self.level_weights[level])  # −log10 p must exceed this
+            out[level] = invert_neg_log10_p(model, target)
+        return out
+
+    @property
+    def scorers(self) -> list[str]:
+        return list(self.order)
+
+    def describe(self) -> dict:
+        if not self.gated:
+            return {**self.whole.describe(), "local_gate": "not applied (the local and whole-image levels are "
+                                                           "not both listed)"}
+        return {"combination": "local_gate",
+                "definition": "max over levels of -log10 p + log10(G w): level 'whole' = the tail_p combination of "
+                              "the whole-image scorers, p under the holdout's own tail_p scores; each local scorer "
+                              "a level of its own; w = the level's share of the false-positive budget; "
+                              "threshold = q-quantile of the holdout's combined scores (joint calibration)",
+                "level_weights": dict(self.level_weights),
+                "whole": self.whole.describe(),
+                "tail": {level: {"u": m.u, "beta": m.beta, "tail_mass": m.tail_mass, "n": len(m.sorted_null)}
+                         for level, m in (("whole", self.whole_model), *self.local_models.items())}}
+
+
+def invert_neg_log10_p(model: TailModel, target: float) -> float:
+    """The smallest score x (of the model's scale) with −log10 p(x) > target: in the exponential tail exactly,
+    below it the first holdout value whose empirical −log10 p exceeds the target (+∞ when none does)."""
+    # exponential part: tail_mass · exp(−(x − u)/β) = 10^−target
+    x = model.u + model.beta * math.log(model.tail_mass * 10.0 ** target)
+    if x > model.u:
+        return float(x)
+    values = model.neg_log10_p(model.sorted_null)
+    above = np.flatnonzero(values > target)
+    return float(model.sorted_null[above[0]]) if len(above) else math.inf
+
+
+class LocalGateParams(Params):
+    primary_weight: float | None = Field(PRIMARY_WEIGHT, gt=0, lt=1,
+                                         description="ncc_reg's weight inside the whole-image level")
+    local_share: float = Field(LOCAL_SHARE, gt=0, lt=1,
+                               description="the local level's share of the false-positive budget")
+
+
+def local_gate_combination(params: LocalGateParams, runtime: Runtime) -> LocalGateCombiner:
+    return LocalGateCombiner(primary_weight=params.primary_weight, local_share=params.local_share)
+
+
+local_gate_combination.Params = LocalGateParams
+
+
 class TailPParams(Params):
     primary_weight: float | None = Field(PRIMARY_WEIGHT, gt=0, lt=1,
                                          description="ncc_reg's weight when listed (None: equal weights)")
@@ -193,9 +336,11 @@ max_z_combination.Params = NoParams
 
 # combination rules by name (the suite's one registry pattern)
 COMBINATIONS: Registry = Registry("combination")
-COMBINATIONS.register("tail_p", tail_p_combination, "weighted max of -log10 tail p-values (the default)")
+COMBINATIONS.register("local_gate", local_gate_combination,
+                      "the whole-image tail_p level or the local level, each its own gate (the default)")
+COMBINATIONS.register("tail_p", tail_p_combination, "weighted max of -log10 tail p-values over every scorer")
 COMBINATIONS.register("max_z", max_z_combination, "max of z-scores (the first definition, for comparison)")
-DEFAULT_COMBINATION = "tail_p"
+DEFAULT_COMBINATION = "local_gate"
 
 
 def make_combiner(name: str = DEFAULT_COMBINATION, options: dict | None = None):
