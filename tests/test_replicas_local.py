@@ -154,3 +154,60 @@ def test_images_too_small_for_the_local_level_skip_it_with_a_stated_reason(tmp_p
     assert main(args + ["--scorers", "ncc_local"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "no scorer can score these images" in err and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def burned_in():
+    """40 training images with a dark band at the top (as exported scans have); 8 of them carry the same
+    annotation text burned in at one place of the band; 10 holdout-like images, the first 3 with the text too;
+    plus a partial copy of a training region away from the text."""
+    rng = np.random.default_rng(0)
+    train, new = textured(40, (64, 64), 2), textured(10, (64, 64), 5)
+    train[:, :18] *= 0.05
+    new[:, :18] *= 0.05
+    text = rng.random((10, 26)) > 0.55
+
+    def burn(image):
+        out = image.copy()
+        out[4:14, 30:56] = np.where(text, 1.0, out[4:14, 30:56])
+        return out
+
+    burned = list(range(0, 16, 2))
+    for i in burned:
+        train[i] = burn(train[i])
+    new[:3] = np.stack([burn(x) for x in new[:3]])
+    copy = new[5].copy()
+    copy[30:60, 2:32] = train[7, 20:50, 20:50]
+    return train, np.concatenate([new, copy[None]]), text, burned
+
+
+def test_burned_in_graphics_are_found_where_they_were_planted(burned_in):
+    from attacks.replicas.local import burned_in_graphics
+
+    train, _, text, burned = burned_in
+    masks = burned_in_graphics(train, need=4, reach=6)
+    for i in burned:  # every text pixel of every burned image is masked
+        assert masks[i][4:14, 30:56][text].all()
+    others = np.setdiff1d(np.arange(40), burned)
+    assert masks[others].mean() < 0.01  # chance coincidences of the other images: rare, small
+    assert masks[burned][:, 30:].mean() == 0.0  # nothing below the band in the burned images either
+    assert burned_in_graphics(train[others], need=4) is None or burned_in_graphics(train[others], need=4).mean() < 0.01
+
+
+def test_masking_burned_in_graphics_keeps_them_out_of_the_local_null_but_not_real_copies(burned_in):
+    train, queries, _, _ = burned_in
+    plain = make_scorer("ncc_local", {"mask_graphics": False}).fit(train).score(queries)
+    masked_scorer = make_scorer("ncc_local").fit(train)  # masking is the default
+    masked = masked_scorer.score(queries)
+    clean = slice(3, 10)
+    # without the mask, the 3 new images carrying the text match a training window perfectly: a "copy"
+    assert plain.scores[:3].min() > 0.999 and plain.scores[clean].max() < 0.95
+    # with it, they score like the other new images; the real partial copy still scores 1 with its source
+    assert masked.scores[:3].max() < 0.95
+    assert masked.scores[10] == pytest.approx(1.0, abs=1e-3) and masked.nearest[10] == 7
+    np.testing.assert_allclose(masked.scores[clean], plain.scores[clean], atol=0.05)
+    graphics = masked_scorer.components()["burned_in_graphics"]
+    assert graphics["masked"] and graphics["training_images_with_graphics"] >= 8
+    # the fitted state round-trips with its mask
+    restored = make_scorer("ncc_local").restore(masked_scorer.fitted_state())
+    np.testing.assert_array_equal(restored.score(queries).scores, masked.scores)

@@ -147,6 +147,51 @@ def template_ncc(templates: torch.Tensor, regions: torch.Tensor) -> tuple[torch.
     return best.clamp(-1.0, 1.0), offset
 
 
+GRAPHICS_RADIUS = 2  # neighbourhood radius (px) of the flatness and cluster tests
+GRAPHICS_MIN_RANGE = 8  # grey levels (of 255) the neighbourhood must span: on flat ground values coincide freely
+GRAPHICS_MIN_CLUSTER = 3  # graphics pixels in the neighbourhood: strokes are clusters, chance coincidences alone
+
+
+def burned_in_graphics(images: np.ndarray, need: int, reach: int = 0) -> np.ndarray | None:
+    """(N, *S) images in [0, 1] → (N, *S) bool: pixels of graphics burned in at a fixed place, or None.
+
+    A pixel of image i is graphics when its 8-bit value is the value most images have at that position and at
+    least `need` images have it there, that value is not the background (the most common value overall, ± 2
+    levels), the pixel's neighbourhood is not flat (spans ≥ GRAPHICS_MIN_RANGE levels in image i), and at least
+    GRAPHICS_MIN_CLUSTER such pixels lie in that neighbourhood (a stroke, not a lone coincidence). The mask is
+    dilated by the neighbourhood radius + `reach` (the halo a stroke leaves in the detail image). Memory: one
+    (positions × 256) count table."""
+    from scipy.ndimage import binary_dilation, convolve, maximum_filter, minimum_filter
+
+    n, shape = len(images), images.shape[1:]
+    nd = len(shape)
+    levels = np.clip(np.round(np.asarray(images) * 255), 0, 255).astype(np.uint8).reshape(n, -1)
+    n_pixels = levels.shape[1]
+    counts = np.zeros((n_pixels, 256), np.int32)  # per position, how many images have each value
+    offsets = np.arange(n_pixels, dtype=np.int64) * 256
+    for b in range(0, n, 256):
+        counts += np.bincount((levels[b:b + 256].astype(np.int64) + offsets).reshape(-1),
+                              minlength=n_pixels * 256).reshape(n_pixels, 256).astype(np.int32)
+    mode, held = counts.argmax(axis=1).astype(np.uint8), counts.max(axis=1)
+    del counts
+    background = int(np.bincount(levels.reshape(-1), minlength=256).argmax())
+    common = (held >= need) & (np.abs(mode.astype(np.int16) - background) > 2)
+    if not common.any():
+        return None
+    side = (2 * GRAPHICS_RADIUS + 1,) * nd
+    dilate = np.ones((2 * (GRAPHICS_RADIUS + reach) + 1,) * nd, bool)
+    out = np.zeros((n, *shape), bool)
+    for i in np.flatnonzero(((levels == mode) & common).any(axis=1)):
+        image = levels[i].reshape(shape)
+        on = ((levels[i] == mode) & common).reshape(shape)
+        spread = maximum_filter(image, size=side).astype(np.int16) - minimum_filter(image, size=side)
+        on &= spread >= GRAPHICS_MIN_RANGE
+        on &= convolve(on.astype(np.int32), np.ones(side, np.int32), mode="constant") >= GRAPHICS_MIN_CLUSTER
+        if on.any():
+            out[i] = binary_dilation(on, dilate)
+    return out if out.any() else None
+
+
 class LocalParams(Params):
     window: int | None = Field(None, ge=4, description="window side in px (None: 1/4 of the side in 2D, 3/8 in 3D)")
     query_stride: int | None = Field(None, ge=1, description="query window step (None: half a window)")
@@ -163,6 +208,14 @@ class LocalParams(Params):
     min_std: float = Field(0.01, ge=0, description="windows whose detail std is smaller are not searched")
     max_flat: float = Field(0.5, ge=0, le=1, description="windows with a larger share of flat pixels (within 0.01 "
                                                          "of the window's median) are not searched")
+    mask_graphics: bool = Field(True, description="mask burned-in graphics (annotation text, markers, overlay lines "
+                                                  "at the same position in many training images) out of the local "
+                                                  "search")
+    graphics_share: float = Field(0.1, gt=0, le=1, description="a pixel value is graphics when at least this share of "
+                                                               "the training images has it at that position")
+    graphics_min_images: int = Field(3, ge=2, description="... and at least this many training images")
+    graphics_energy: float = Field(0.5, gt=0, le=1, description="a training window is masked when at least this "
+                                                                "share of its detail energy lies on graphics")
 
 
 class LocalNCCScorer(ScorerBase):
@@ -178,6 +231,10 @@ class LocalNCCScorer(ScorerBase):
         self.train: np.ndarray | None = None
         self.train_index: np.ndarray | None = None  # (N·P, d) window descriptors
         self.train_starts: np.ndarray | None = None  # (P, ndim)
+        self.index_ids: np.ndarray | None = None  # (M,) flat window id (image · P + start) of each index row
+        self.shared_images: np.ndarray = np.zeros(0, np.int64)  # training images holding shared graphics
+        self.shared_masks: np.ndarray | None = None  # (K, *S) bool: their shared pixels
+        self._shared_fraction: dict[int, torch.Tensor] = {}
 
     def geometry(self, shape: tuple[int, ...]) -> dict[str, Any]:
         """Window, strides, descriptor side and refine radius resolved for images of `shape`."""
@@ -218,7 +275,66 @@ class LocalNCCScorer(ScorerBase):
                  for i in range(0, len(train), per_batch)]
         self.train_index = np.concatenate(parts)
         self.train = np.ascontiguousarray(train)
+        self.index_ids = np.arange(len(self.train_index), dtype=np.int64)
+        self.shared_images, self.shared_masks, self._shared_fraction = np.zeros(0, np.int64), None, {}
+        if self.params.mask_graphics and len(train) > 1:
+            self._mask_shared_graphics(g)
         return self
+
+    @torch.no_grad()
+    def _mask_shared_graphics(self, g: dict[str, Any]) -> None:
+        """Burned-in graphics — annotation text, markers, overlay lines written into the pixels at the same place in
+        many images (a scanner's or an exporter's) — make any new image carrying them match a training window at
+        NCC 1: a real shared region, but not a copy of a patient's image. They are found without any search
+        (`burned_in_graphics`): a pixel value held at the same position by at least `graphics_share` of the
+        training images (and `graphics_min_images`), not background, in a non-flat neighbourhood, clustered into
+        strokes. A training window whose detail energy lies mostly (≥
+        `graphics_energy`) on graphics leaves the index, and the refine step rejects a match that slid onto one.
+        Anatomy is not masked this way even where two training images share it at different places (duplicated
+        images are what a generator memorises most: they must stay searchable)."""
+        n = len(self.train)
+        need = max(self.params.graphics_min_images, int(np.ceil(self.params.graphics_share * n)))
+        masks = burned_in_graphics(self.train, need, reach=int(np.ceil(3 * g["detail_sigma"])))
+        if masks is None:
+            return
+        self.shared_images = np.flatnonzero(masks.reshape(n, -1).any(axis=1)).astype(np.int64)
+        self.shared_masks = masks[self.shared_images]
+        self._drop_shared_windows()
+
+    def _shared_fractions(self, image: int) -> torch.Tensor | None:
+        """(*(S − w + 1)) share of the detail energy on graphics pixels of the window starting at each position of
+        a training image (its detail image filtered whole), or None when it holds no graphics."""
+        if image not in self._shared_fraction:
+            at = np.searchsorted(self.shared_images, image)
+            if at == len(self.shared_images) or self.shared_images[at] != image:
+                return None
+            g = self.geometry(self.train.shape[1:])
+            energy = detail(torch.from_numpy(self.train[image])[None], g["detail_sigma"]) ** 2
+            mask = torch.from_numpy(self.shared_masks[at]).float()[None]
+            on = box_sums(energy * mask, g["window"])[0]
+            self._shared_fraction[image] = on / box_sums(energy, g["window"])[0].clamp_min(1e-12)
+        return self._shared_fraction[image]
+
+    def _drop_shared_windows(self) -> None:
+        """Training windows mostly on graphics leave the index (`index_ids` maps its rows to flat window ids)."""
+        n_starts = len(self.train_starts)
+        keep = np.ones(len(self.train_index), bool)
+        for image in self.shared_images:
+            fraction = self._shared_fractions(int(image))
+            at_starts = fraction[tuple(torch.from_numpy(self.train_starts).T)].numpy()
+            keep[image * n_starts:(image + 1) * n_starts] = at_starts < self.params.graphics_energy
+        self.index_ids = np.flatnonzero(keep).astype(np.int64)
+        self.train_index = self.train_index[keep]
+
+    def _query_windows(self, queries: np.ndarray, starts: np.ndarray, g: dict[str, Any]):
+        """(raw windows (Q, W, *w), detail windows (Q, W, *w), flat (query, window) rows worth searching)."""
+        window = g["window"]
+        n_q, n_w = len(queries), len(starts)
+        raw = extract_windows(torch.from_numpy(np.ascontiguousarray(queries)), starts, window)  # (Q, W, *w)
+        windows = detail(raw.reshape(n_q * n_w, *window), g["detail_sigma"]).reshape(raw.shape)
+        informative = informative_windows(raw.reshape(n_q, n_w, -1), windows.reshape(n_q, n_w, -1),
+                                          self.params.min_std, self.params.max_flat)
+        return raw, windows, np.flatnonzero(informative.reshape(-1))
 
     @torch.no_grad()
     def score(self, queries: np.ndarray) -> ReplicaScores:
@@ -228,11 +344,7 @@ class LocalNCCScorer(ScorerBase):
         nd, window, radius = len(shape), g["window"], g["refine_radius"]
         starts = window_grid(shape, window, g["query_stride"])
         n_q, n_w = len(queries), len(starts)
-        raw = extract_windows(torch.from_numpy(np.ascontiguousarray(queries)), starts, window)  # (Q, W, *w)
-        windows = detail(raw.reshape(n_q * n_w, *window), g["detail_sigma"]).reshape(raw.shape)
-        informative = informative_windows(raw.reshape(n_q, n_w, -1), windows.reshape(n_q, n_w, -1),
-                                          self.params.min_std, self.params.max_flat)
-        rows = np.flatnonzero(informative.reshape(-1))  # query windows worth searching, (query, window) flattened
+        raw, windows, rows = self._query_windows(queries, starts, g)  # rows: (query, window) flattened
         best = np.full(n_q * n_w, -np.inf)
         best_train = np.zeros(n_q * n_w, np.int64)
         best_start = np.zeros((n_q * n_w, nd), np.int64)
@@ -241,7 +353,8 @@ class LocalNCCScorer(ScorerBase):
                                            g["descriptor_side"]).numpy()
             k = min(self.params.k_windows, len(self.train_index))
             _, hits = topk_similarity(descriptors, self.train_index, k=k, metric="ncc", device=self.runtime.device)
-            self._refine(windows.reshape(n_q * n_w, *window), rows, hits, g, best, best_train, best_start)
+            self._refine(windows.reshape(n_q * n_w, *window), rows, self.index_ids[hits], g, best, best_train,
+                         best_start)
         best = best.reshape(n_q, n_w)
         top_window = np.argmax(best, axis=1)
         scores = best[np.arange(n_q), top_window]
@@ -259,11 +372,23 @@ class LocalNCCScorer(ScorerBase):
 
     def _refine(self, windows: torch.Tensor, rows: np.ndarray, hits: np.ndarray, g: dict[str, Any],
                 best: np.ndarray, best_train: np.ndarray, best_start: np.ndarray) -> None:
-        """For each searched window (its detail in `windows`) and each candidate: the offset within
-        `refine_radius` of the candidate where the window's detail best matches the candidate neighbourhood's
-        detail (template NCC), then the NCC of the window's detail with the detail of the training window at that
-        offset, each filtered on its own — exactly 1 for a copied window. Keeps the best candidate per window
-        (in place)."""
+        """For each searched window (its detail in `windows`) and each candidate (`hits`: flat window ids): the
+        refined detail NCC (`_refine_pairs`); keeps the best candidate per window (in place)."""
+        pair_rows = np.repeat(rows, hits.shape[1])
+        values, image, matched = self._refine_pairs(windows, pair_rows, hits.reshape(-1), g)
+        # per searched window, its best pair (ties: the first candidate)
+        order = np.lexsort((-values, pair_rows))
+        first = order[np.r_[True, pair_rows[order][1:] != pair_rows[order][:-1]]]
+        row = pair_rows[first]
+        best[row], best_train[row], best_start[row] = values[first], image[first], matched[first]
+
+    def _refine_pairs(self, windows: torch.Tensor, pair_rows: np.ndarray, hits: np.ndarray, g: dict[str, Any]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each (query window row, candidate flat window id) pair: the offset within `refine_radius` of the
+        candidate where the window's detail best matches the candidate neighbourhood's detail (template NCC),
+        then the NCC of the window's detail with the detail of the training window at that offset, each filtered
+        on its own — exactly 1 for a copied window. A match that landed mostly on masked shared graphics counts
+        −inf. → (values, training image, matched window start) per pair."""
         window, radius, sigma = g["window"], g["refine_radius"], g["detail_sigma"]
         shape = self.train.shape[1:]
         n_starts = len(self.train_starts)
@@ -271,7 +396,6 @@ class LocalNCCScorer(ScorerBase):
         corner = np.clip(self.train_starts[hits % n_starts] - radius, 0,
                          np.array(shape) - np.array(region)).reshape(-1, len(shape))  # region starts in the image
         image = (hits // n_starts).reshape(-1)
-        pair_rows = np.repeat(rows, hits.shape[1])
         per_batch = max(1, REFINE_BATCH_BYTES // max(1, 4 * (int(np.prod(region)) + int(np.prod(window)))))
         train = torch.from_numpy(self.train)
         d = int(np.prod(window))
@@ -289,11 +413,12 @@ class LocalNCCScorer(ScorerBase):
             zt = zscore(templates.reshape(len(templates), -1), 1, scale=float(np.sqrt(d)))
             zs = zscore(sources.reshape(len(sources), -1), 1, scale=float(np.sqrt(d)))
             values[sl], matched[sl] = (zt * zs).sum(dim=1).double().numpy(), where
-        # per searched window, its best pair (ties: the first candidate)
-        order = np.lexsort((-values, pair_rows))
-        first = order[np.r_[True, pair_rows[order][1:] != pair_rows[order][:-1]]]
-        row = pair_rows[first]
-        best[row], best_train[row], best_start[row] = values[first], image[first], matched[first]
+        if len(self.shared_images):
+            for p in np.flatnonzero(np.isin(image, self.shared_images)):
+                fraction = self._shared_fractions(int(image[p]))
+                if fraction[tuple(matched[p])] >= self.params.graphics_energy:
+                    values[p] = -np.inf
+        return values, image, matched
 
     def components(self) -> dict:
         out: dict[str, Any] = {"level": self.level,
@@ -303,12 +428,21 @@ class LocalNCCScorer(ScorerBase):
             g = self.geometry(self.train.shape[1:])
             out["resolved"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
             out["training_windows"] = int(len(self.train_index))
+            out["burned_in_graphics"] = {"masked": bool(self.params.mask_graphics),
+                                         "training_images_with_graphics": int(len(self.shared_images)),
+                                         "training_windows_masked": int(len(self.train_starts) * len(self.train)
+                                                                        - len(self.train_index))}
         return out
 
     def fitted_state(self) -> dict[str, np.ndarray]:
-        return {"train": self.train, "train_index": self.train_index, "train_starts": self.train_starts}
+        masks = self.shared_masks if self.shared_masks is not None else np.zeros((0, *self.train.shape[1:]), bool)
+        return {"train": self.train, "train_index": self.train_index, "train_starts": self.train_starts,
+                "index_ids": self.index_ids, "shared_images": self.shared_images, "shared_masks": masks}
 
     def restore(self, state: dict[str, np.ndarray]) -> "LocalNCCScorer":
         self.train = np.ascontiguousarray(state["train"])
         self.train_index, self.train_starts = np.asarray(state["train_index"]), np.asarray(state["train_starts"])
+        self.index_ids = np.asarray(state["index_ids"], np.int64)
+        self.shared_images = np.asarray(state["shared_images"], np.int64)
+        self.shared_masks, self._shared_fraction = np.asarray(state["shared_masks"], bool), {}
         return self
