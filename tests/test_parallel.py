@@ -127,7 +127,9 @@ def test_ray_address_without_ray_is_one_line_naming_the_extra(monkeypatch, tmp_p
                  ["attack", "mia", "--model", str(tmp_path / "none"), "--members", str(tmp_path), "--nonmembers",
                   str(tmp_path), "--out", str(tmp_path / "m")],
                  ["attack", "reid", "--train", str(tmp_path), "--holdout", str(tmp_path), "--synthetic",
-                  str(tmp_path), "--out", str(tmp_path / "r")]):
+                  str(tmp_path), "--out", str(tmp_path / "r")],
+                 ["replicas", "--train", str(tmp_path), "--holdout", str(tmp_path), "--synthetic", str(tmp_path),
+                  "--out", str(tmp_path / "c")]):
         code = main([*argv, "--ray-address", "local"])
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert code == 2, argv
