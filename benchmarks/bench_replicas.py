@@ -402,7 +402,7 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     definitions (equal weights, max-z) and the voxel scorers alone. Single scorers are compared (paired
     bootstrap) with `reference`."""
     from attacks.replicas.calibrate import calibrate
-    from attacks.replicas.combined import MaxZCombiner, TailPCombiner, make_combiner
+    from attacks.replicas.combined import MaxZCombiner, TailPCombiner, calibration_rows, make_combiner
     from attacks.replicas.registry import PRESETS
     from audit.metrics.statistics import rate_estimate, roc_auc, tpr_at_fpr
 
@@ -438,9 +438,12 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
         columns = [scorer_names.index(n) for n in used]
         nearest[cname] = nearest_by_scorer[:, columns][np.arange(len(combined)), decisive]
 
-    rows, calibration = [], {}
+    rows, calibration, calibration_left_out = [], {}, {}
     for name, s in scores.items():
-        cal = calibrate(name, s[:n_h], s[n_h + n_n:], quantile)
+        kept = calibration_rows(combiners[name], n_h) if name in combiners else np.ones(n_h, bool)
+        cal = calibrate(name, s[:n_h][kept], s[n_h + n_n:], quantile)  # a rule may leave overlapping holdout out
+        if not kept.all():
+            calibration_left_out[name] = int((~kept).sum())
         neg = s[n_h:n_h + n_n]
         fpr_cal = rate_estimate(int((neg > cal.threshold).sum()), n_n)
         calibration[name] = {"threshold": cal.threshold, "novel_fpr": fpr_cal.to_dict()}
@@ -468,7 +471,8 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
                                         "sources": meta["composition"]},
             "seconds": dict(zip(scorer_names, map(float, record["seconds"]))), "calibration": calibration,
             "rows": rows, "combiners": {n: c.describe() for n, c in combiners.items()},
-            "better_than_combined": better, "reference": reference, "rescored": meta.get("rescored", {})}
+            "better_than_combined": better, "reference": reference, "rescored": meta.get("rescored", {}),
+            "holdout_left_out_of_calibration": calibration_left_out}
 
 
 def better_than_combined(scores: dict, scorer_names: list[str], n_h: int, n_n: int, transforms: list[str],
@@ -543,6 +547,10 @@ def markdown(results: dict, order: tuple[str, ...] = TRANSFORMS) -> str:
         if by_source:
             lines.append(f"Novel images above `{ref}`'s calibrated threshold, by source (flagged / images): "
                          + ", ".join(f"{src} {f} / {n}" for src, (f, n) in by_source.items()) + ".")
+        if dom.get("holdout_left_out_of_calibration"):
+            lines.append("Holdout images left out of a rule's calibration (a local score >= 0.999: a region identical "
+                         "to a training image): " + ", ".join(
+                             f"{n} {k}" for n, k in dom["holdout_left_out_of_calibration"].items()) + ".")
         if dom.get("rescored"):
             lines.append("Re-scored later with --update-scores (the other scorers' scores are from the first run): "
                          + ", ".join(f"{n} {when}" for n, when in dom["rescored"].items()) + ".")

@@ -101,3 +101,30 @@ def test_a_pasted_region_is_flagged_by_the_local_level_that_the_whole_image_leve
     assert not np.any(audit.synthetic["ncc"].scores[:4] > np.quantile(ncc_null, 0.95))
     assert set(audit.level_thresholds()) == {"whole", "ncc_local"}
     assert math.isfinite(audit.level_thresholds()["ncc_local"])
+
+
+def test_holdout_images_overlapping_training_are_left_out_of_the_calibration():
+    """4 of 200 holdout images share a region with a training image (local score 1.0, as when one scan sits in
+    two files): calibrated on them, the threshold sits at a perfect copy's score and a pasted region is missed;
+    left out (and counted), the copy is flagged while a new image is not."""
+    from attacks.replicas.base import ReplicaScores
+    from attacks.replicas.pipeline import assemble_audit, crossfit_flagged_share, holdout_overlap
+
+    hold = nulls(seed=3, n=200)
+    hold["ncc_local"][:4] = 1.0
+    synthetic = {s: np.full(2, np.median(v)) for s, v in hold.items()}
+    synthetic["ncc_local"] = np.array([1.0, np.median(hold["ncc_local"])])  # a perfect partial copy, a new image
+
+    def wrap(scores):
+        return {s: ReplicaScores(scores=v, nearest=np.zeros(len(v), np.int64)) for s, v in scores.items()}
+
+    audit = assemble_audit(list(hold), wrap(hold), wrap(synthetic), 0.99)
+    assert audit.is_replica.tolist() == [True, False] and audit.level(0) == "local"
+    assert audit.calibrations["combined"].null_n == 196
+    names = {"holdout": [f"h{i}.png" for i in range(200)]}
+    assert holdout_overlap(audit, names) | {"rule": None} == {"n": 4, "files": ["h0.png", "h1.png", "h2.png",
+                                                                                "h3.png"], "rule": None}
+    keep_all = assemble_audit(list(hold), wrap(hold), wrap(synthetic), 0.99, combination="tail_p")
+    assert keep_all.is_replica.tolist() == [False, False]  # the earlier rule: the overlaps set the threshold
+    # the cross-fitted share counts the rule's flags on new holdout images only
+    assert crossfit_flagged_share(hold, 0.99).n == 196

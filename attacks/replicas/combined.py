@@ -178,6 +178,10 @@ class MaxZCombiner:
 # scorers that look at a region, not the whole image: the local gate below treats them as a level of their own
 LOCAL_SCORERS = ("ncc_local",)
 LOCAL_SHARE = 0.5
+# a holdout image whose local score reaches this holds a region identical to a training region (detail NCC of a
+# whole window: chance matches of new images stayed below 0.90 on the tuning data): it is not a new image, and
+# calibrating on it would set the threshold at a perfect copy's score
+OVERLAP_NCC = 0.999
 
 
 @dataclass
@@ -206,6 +210,8 @@ class LocalGateCombiner:
     whole_model: TailModel | None = None
     local_models: dict[str, TailModel] = field(default_factory=dict)
     level_weights: dict[str, float] = field(default_factory=dict)
+    overlap_ncc: float | None = OVERLAP_NCC
+    holdout_kept: np.ndarray | None = None  # (H,) bool: holdout images the null and the threshold rest on
 
     def fit(self, holdout_scores: dict[str, np.ndarray]) -> "LocalGateCombiner":
         if not holdout_scores:
@@ -213,6 +219,16 @@ class LocalGateCombiner:
         self.order = list(holdout_scores)
         local = [s for s in self.order if s in self.local_scorers]
         whole = [s for s in self.order if s not in self.local_scorers]
+        n = len(next(iter(holdout_scores.values())))
+        self.holdout_kept = np.ones(n, bool)
+        if local and self.overlap_ncc is not None:
+            # holdout images sharing an identical region with a training image (the same scan in two files,
+            # neighbouring frames of one series, a leak between the splits) are not new images: left out of every
+            # null and of the threshold, and reported
+            overlap = np.any([np.asarray(holdout_scores[s]) >= self.overlap_ncc for s in local], axis=0)
+            if overlap.sum() < n - 1:
+                self.holdout_kept = ~overlap
+        holdout_scores = {s: np.asarray(v)[self.holdout_kept] for s, v in holdout_scores.items()}
         if not local or not whole:  # one level only: the plain tail_p rule
             self.whole = TailPCombiner(primary_weight=self.primary_weight).fit(holdout_scores)
             self.whole_model, self.local_models, self.level_weights = None, {}, {}
@@ -281,7 +297,10 @@ class LocalGateCombiner:
         if not self.gated:
             return {**self.whole.describe(), "local_gate": "not applied (the local and whole-image levels are "
                                                            "not both listed)"}
-        return {"combination": "local_gate",
+        overlap = {"rule": f"holdout images with a local score >= {self.overlap_ncc} hold a region identical to a "
+                           "training image: left out of the nulls and the threshold",
+                   "n_left_out": int((~self.holdout_kept).sum()) if self.holdout_kept is not None else 0}
+        return {"combination": "local_gate", "holdout_overlap": overlap,
                 "definition": "max over levels of -log10 p + log10(G w): level 'whole' = the tail_p combination of "
                               "the whole-image scorers, p under the holdout's own tail_p scores; each local scorer "
                               "a level of its own; w = the level's share of the false-positive budget; "
@@ -290,6 +309,12 @@ class LocalGateCombiner:
                 "whole": self.whole.describe(),
                 "tail": {level: {"u": m.u, "beta": m.beta, "tail_mass": m.tail_mass, "n": len(m.sorted_null)}
                          for level, m in (("whole", self.whole_model), *self.local_models.items())}}
+
+
+def calibration_rows(combiner, n: int) -> np.ndarray:
+    """(n,) bool: the holdout rows a fitted combiner's threshold rests on (all, unless it left some out)."""
+    kept = getattr(combiner, "holdout_kept", None)
+    return np.ones(n, bool) if kept is None else np.asarray(kept, bool)
 
 
 def invert_neg_log10_p(model: TailModel, target: float) -> float:
@@ -309,10 +334,14 @@ class LocalGateParams(Params):
                                          description="ncc_reg's weight inside the whole-image level")
     local_share: float = Field(LOCAL_SHARE, gt=0, lt=1,
                                description="the local level's share of the false-positive budget")
+    overlap_ncc: float | None = Field(OVERLAP_NCC, gt=0, le=1,
+                                      description="holdout images whose local score reaches this are left out of "
+                                                  "the calibration (None: keep every holdout image)")
 
 
 def local_gate_combination(params: LocalGateParams, runtime: Runtime) -> LocalGateCombiner:
-    return LocalGateCombiner(primary_weight=params.primary_weight, local_share=params.local_share)
+    return LocalGateCombiner(primary_weight=params.primary_weight, local_share=params.local_share,
+                             overlap_ncc=params.overlap_ncc)
 
 
 local_gate_combination.Params = LocalGateParams

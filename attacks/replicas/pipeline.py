@@ -19,7 +19,7 @@ import numpy as np
 
 from attacks.replicas.base import ReplicaScorer, ReplicaScores
 from attacks.replicas.calibrate import Calibration, calibrate, check_quantile, label_metrics, read_labels_csv
-from attacks.replicas.combined import DEFAULT_COMBINATION, make_combiner
+from attacks.replicas.combined import DEFAULT_COMBINATION, calibration_rows, make_combiner
 from audit.errors import AuditInputError
 from audit.metrics.statistics import Estimate, rate_estimate
 from audit.parallel import executor_of, image_loader, resolve
@@ -216,7 +216,8 @@ def assemble_audit(names: list[str], holdout_scores: dict[str, ReplicaScores],
     nearest_by_scorer = np.stack([synthetic_scores[n].nearest for n in names], axis=1)
     nearest = nearest_by_scorer[np.arange(len(decisive)), decisive]
     calibrations = {n: calibrate(n, holdout_scores[n].scores, synthetic_scores[n].scores, quantile) for n in names}
-    calibrations[COMBINED] = calibrate(COMBINED, combined_holdout, combined_synthetic, quantile)
+    kept = calibration_rows(combiner, len(combined_holdout))  # holdout images overlapping training are left out
+    calibrations[COMBINED] = calibrate(COMBINED, combined_holdout[kept], combined_synthetic, quantile)
     descriptions = dict(descriptions or {})
     descriptions[COMBINED] = combiner.describe()
     crossfit = crossfit_flagged_share({n: holdout_scores[n].scores for n in names}, quantile, combination,
@@ -264,16 +265,32 @@ def crossfit_flagged_share(holdout_scores: dict[str, np.ndarray], quantile: floa
         return None
     order = np.random.default_rng(seed).permutation(n)
     halves = (order[: n // 2], order[n // 2:])
-    flagged = 0
+    flagged = counted = 0
     for fit_rows, test_rows in (halves, halves[::-1]):
         combiner = make_combiner(combination).fit({s: v[fit_rows] for s, v in holdout_scores.items()})
         null, _ = combiner.combine({s: v[fit_rows] for s, v in holdout_scores.items()})
-        threshold = float(np.quantile(null, quantile))
-        test, _ = combiner.combine({s: v[test_rows] for s, v in holdout_scores.items()})
-        flagged += int((test > threshold).sum())
-    estimate = rate_estimate(flagged, n, higher_is_better=False)
+        threshold = float(np.quantile(null[calibration_rows(combiner, len(null))], quantile))
+        test_scores = {s: v[test_rows] for s, v in holdout_scores.items()}
+        test, _ = combiner.combine(test_scores)
+        new_images = ~overlapping_holdout(combiner, test_scores)  # the rule's rate on new images only
+        flagged += int((test[new_images] > threshold).sum())
+        counted += int(new_images.sum())
+    if counted == 0:
+        return None
+    estimate = rate_estimate(flagged, counted, higher_is_better=False)
     return Estimate(estimate.value, estimate.ci_low, estimate.ci_high, estimate.n, False,
                     estimate.method + ", cross-fitted on holdout halves")
+
+
+def overlapping_holdout(combiner, holdout_scores: dict[str, np.ndarray]) -> np.ndarray:
+    """(H,) bool: holdout images the combiner's rule would leave out of a calibration as overlapping training
+    images (none for a rule without that check)."""
+    n = len(next(iter(holdout_scores.values())))
+    limit = getattr(combiner, "overlap_ncc", None)
+    local = [s for s in holdout_scores if s in getattr(combiner, "local_scorers", ())]
+    if limit is None or not local:
+        return np.zeros(n, bool)
+    return np.any([np.asarray(holdout_scores[s]) >= limit for s in local], axis=0)
 
 
 def gate_exceeded(flagged: Estimate, gate: float) -> bool:
@@ -320,6 +337,7 @@ def audit_summary(audit: ReplicaAudit, names: dict[str, list[str]], pair_ssim: n
                         "seconds": round(audit.timings.get(n, 0.0), 3)} for n in audit.scorers},
         "combined": {**audit.calibrations[COMBINED].to_dict(), "describe": audit.descriptions[COMBINED],
                      "level_thresholds": audit.level_thresholds()},
+        "holdout_overlapping_training": holdout_overlap(audit, names),
         "flagged": audit.flagged.to_dict(),
         "holdout_flagged_crossfit": audit.holdout_crossfit.to_dict() if audit.holdout_crossfit else None,
         "top_pairs": [],
@@ -334,6 +352,16 @@ def audit_summary(audit: ReplicaAudit, names: dict[str, list[str]], pair_ssim: n
                               "train_box": region[2].tolist()}
         summary["top_pairs"].append(pair)
     return summary
+
+
+def holdout_overlap(audit: ReplicaAudit, names: dict[str, list[str]]) -> dict[str, Any]:
+    """Holdout images left out of the calibration because they hold a region identical to a training image —
+    the holdout is then not disjoint from the training set (the same scan twice, neighbouring frames, a leak)."""
+    kept = calibration_rows(audit.combiner, len(audit.combined_holdout))
+    left_out = np.flatnonzero(~kept)
+    return {"n": int(len(left_out)), "files": [names["holdout"][i] for i in left_out[:50]],
+            "rule": "a local score >= the combination's overlap_ncc (a whole window identical up to contrast): not "
+                    "a new image, so not part of the null; check the split"}
 
 
 # --------------------------------------------------------------------------------------------- folders
