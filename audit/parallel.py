@@ -20,7 +20,9 @@ Two executors:
 and conditions; the actor reads or makes the image itself. Models travel as `Source`s — a small picklable recipe
 (a checkpoint folder, an extractor's name + parameters + weights path) that the actor `load()`s once. In process
 the caller passes the object it already holds instead (`shipped(executor, obj, source)`), so the local path never
-loads anything twice.
+loads anything twice. A large object the driver built and that no recipe rebuilds more cheaply (the replica
+scorers' fitted search indexes) is shared with `executor.share(obj)`: the object itself in process, on Ray one put
+into the object store that every actor reads (one copy per node, arrays not copied).
 
 An `AuditInputError` raised on a worker comes back to the driver as the same one-line error (the first one in
 input order, so the message does not depend on scheduling); any other exception is re-raised as it is.

@@ -6,6 +6,8 @@
 - **generation**: `generate_to_folder` (the `audit generate` pass) against image count, in process vs Ray local;
 - **features**: the `domain` encoder's embedding pass (`extract_feature_set`) against image count, in process vs
   Ray local;
+- **replicas**: the replica scoring pass (default scorer set, fitted once) against synthetic image count, in process
+  vs Ray local (fitted scorers shared through the object store, every scorer per batch on an actor);
 
 plus the **per-item costs** the cluster estimate in docs/scale.md starts from: FLOPs of one generated image (the
 whole DDIM sampling incl. guidance and decoding) and of one encoder forward, counted with
@@ -238,13 +240,13 @@ def _fits(rows) -> dict:
     return {"fits": fits}
 
 
-def write_images(folder: Path, n: int, side: int = 64) -> None:
+def write_images(folder: Path, n: int, side: int = 64, seed: int = 1) -> None:
     from scipy.ndimage import gaussian_filter
 
     from audit.data.imageio import write_image_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     for i in range(n):
         image = gaussian_filter(rng.random((side, side)), 2.0)
         image = (image - image.min()) / (image.max() - image.min())
@@ -279,6 +281,51 @@ def bench_features(quick: bool, work: Path, sizes: list[int] | None = None) -> d
         difference = float(np.abs(features["single"].features - features["ray_local"].features).max())
         rows[-1]["max_abs_difference"] = rows[-2]["max_abs_difference"] = difference
     return {"extractor": "domain (epochs 1)", "image_shape": [64, 64], "batch_size": 32, "rows": rows,
+            **_fits(rows)}
+
+
+def bench_replicas(quick: bool, work: Path, sizes: list[int] | None = None, n_train: int = 256) -> dict:
+    """The replica scoring pass of `audit run` against the number of synthetic images: the default scorer set fitted
+    once on `n_train` 64² training images (not timed), then in process (each scorer streams the batches, as the
+    stage does) vs Ray local (the fitted scorers shared once through the object store — timed — and every scorer
+    applied to each batch on an actor)."""
+    from attacks.replicas.pipeline import score_in_batches, score_on_workers
+    from attacks.replicas.registry import DEFAULT_SCORERS, build_scorers
+    from audit.data.readers.folder import open_folder
+    from audit.registry import Runtime
+
+    sizes = sizes or ([32, 64, 128] if quick else [64, 128, 256, 512])
+    batch_size = 64
+    train_folder, query_folder = work / "replica-train", work / "replica-queries"
+    write_images(train_folder, n_train)
+    write_images(query_folder, max(sizes), seed=2)
+    train = open_folder(train_folder, shape=(64, 64)).stack()
+    queries = open_folder(query_folder, shape=(64, 64))
+    names = list(DEFAULT_SCORERS)
+    scorers = build_scorers(names, None, Runtime(batch_size=batch_size))
+    for scorer in scorers.values():
+        scorer.fit(train)
+    ray = ray_executor()
+    rows = []
+    for j, n in enumerate(sizes):
+        subset = queries.subset(ids=[r.id for r in queries.records[:n]])
+        scores = {}
+        for name in (["single", "ray_local"] if j % 2 == 0 else ["ray_local", "single"]):
+            def run():
+                if name == "single":
+                    scores[name] = {s: score_in_batches(scorer, (b for b, _ in subset.iter_images(batch_size)))
+                                    for s, scorer in scorers.items()}
+                else:
+                    scores[name] = score_on_workers(ray.share(scorers), names, subset, ray, batch_size)[0]
+            got = measure(run)
+            rows.append({"executor": name, "n": n, **got})
+            print(f"replicas n={n} {name}: {got['seconds']:.1f}s, peak {got['peak_mb']:.0f} MB", flush=True)
+        difference = max(float(np.abs(scores["single"][s].scores - scores["ray_local"][s].scores).max())
+                         for s in names)
+        same_nearest = all(np.array_equal(scores["single"][s].nearest, scores["ray_local"][s].nearest) for s in names)
+        rows[-1]["max_abs_difference"] = rows[-2]["max_abs_difference"] = difference
+        rows[-1]["same_nearest"] = rows[-2]["same_nearest"] = same_nearest
+    return {"scorers": names, "n_train": n_train, "image_shape": [64, 64], "batch_size": batch_size, "rows": rows,
             **_fits(rows)}
 
 
@@ -368,7 +415,7 @@ def plot(result: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "search.png", dpi=110)
         plt.close(fig)
-    passes = [k for k in ("generation", "features") if k in result]
+    passes = [k for k in ("generation", "features", "replicas") if k in result]
     if passes:
         fig, axes = plt.subplots(1, len(passes), figsize=(5 * len(passes), 4), squeeze=False)
         for ax, key in zip(axes[0], passes):
@@ -395,11 +442,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/scale")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
-    parser.add_argument("--sections", default="search,generation,features,flops")
+    parser.add_argument("--sections", default="search,generation,features,replicas,flops")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps for the generation pass")
     parser.add_argument("--repeats", type=int, default=3, help="search timings: min of this many")
     parser.add_argument("--gen-sizes", help="image counts of the generation pass, e.g. 16,32,64,128")
     parser.add_argument("--feature-sizes", help="image counts of the feature pass, e.g. 512,1024,2048,4096")
+    parser.add_argument("--replica-sizes", help="synthetic image counts of the replica scoring pass, e.g. 64,128,256")
+    parser.add_argument("--merge", help="an earlier scale.json whose sections this run does not measure are kept "
+                                        "(plots then show them too)")
     args = parser.parse_args()
     import torch
 
@@ -414,7 +464,7 @@ def main() -> None:
     try:
         if "search" in sections:
             result["search"] = bench_search(args.quick, args.repeats)
-        if {"generation", "features"} & set(sections):
+        if {"generation", "features", "replicas"} & set(sections):
             import ray
 
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -422,12 +472,20 @@ def main() -> None:
                 result["generation"] = bench_generation(args.quick, work, args.steps, _sizes(args.gen_sizes))
             if "features" in sections:
                 result["features"] = bench_features(args.quick, work, _sizes(args.feature_sizes))
+            if "replicas" in sections:
+                result["replicas"] = bench_replicas(args.quick, work, _sizes(args.replica_sizes))
             ray.shutdown()
         if "flops" in sections:
             result["per_item"] = bench_flops(args.steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["load_average_at_end"] = os.getloadavg()
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        kept = {k: v for k, v in earlier.items() if k in ("search", "generation", "features", "replicas", "per_item")
+                and k not in result}
+        result.update(kept)
+        result["merged_from"] = {"file": args.merge, "date": earlier.get("date"), "sections": sorted(kept)}
     (out / "scale.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     plot(result, out)
     print(json.dumps({k: v.get("fits", v) if isinstance(v, dict) else v for k, v in result.items()}, indent=1,

@@ -1,7 +1,7 @@
 """The per-image passes on a local Ray instance (2 CPUs) give exactly what the single-process run gives:
 generation (image for image, byte for byte, completing a half-written folder), the `domain` encoder's embedding
-pass of the fidelity features, the re-id attacker's embedding pass, white-box membership attacks' scores, and one
-full small `audit run` (every stage, every figure). (A worker's input error coming back as
+pass of the fidelity features, the re-id attacker's embedding pass, white-box membership attacks' scores, the replica
+scores of `audit replicas` (CSV, JSON, figures), and one full small `audit run` (every stage, every figure). (A worker's input error coming back as
 the same error is tested without Ray in test_parallel.py.) One Ray instance for the module (start-up is slow);
 skipped, with the reason, only when Ray cannot be imported."""
 
@@ -120,6 +120,30 @@ def test_reid_embedding_pass_on_ray_equals_the_single_process_one(tiny, tmp_path
     np.testing.assert_array_equal(distributed, local)
 
 
+def test_audit_replicas_on_ray_writes_the_single_process_outputs(tmp_path, monkeypatch):
+    """`audit replicas` with the default scorer set (ncc, ssim, ncc_reg, ncc_local; 32x32 so that ncc_local runs),
+    in process and with --ray-address local: the same replicas.csv, replicas.json (but for times) and figures,
+    byte for byte — the fitted scorers shared once, the holdout and synthetic images scored by the actors."""
+    from attacks.replicas.registry import DEFAULT_SCORERS
+    from tests.test_replicas import make_folders, write_png
+    from tests.test_scale_replicas import outputs
+
+    root = make_folders(tmp_path, write_png, ".png", (32, 32), n_train=12, n_holdout=12, n_novel=6)
+    common = ["replicas", "--train", root / "train", "--holdout", root / "holdout", "--synthetic",
+              root / "synthetic", "--batch-size", "5"]
+    local = run_cli([*common, "--out", root / "local"])
+    calls = []
+    original = RayExecutor.map_groups
+    monkeypatch.setattr(RayExecutor, "map_groups", lambda self, fn, groups, **k: calls.append(
+        (fn.__name__, len(groups))) or original(self, fn, groups, **k))
+    distributed = run_cli([*common, "--out", root / "ray", "--ray-address", "local"])
+    assert local.code in (0, 1) and distributed.code == local.code, distributed.stderr
+    want, got = outputs(root / "local"), outputs(root / "ray")
+    assert want[1]["parameters"]["scorers"] == list(DEFAULT_SCORERS) and not want[1]["skipped_scorers"]
+    assert got == want
+    assert calls == [("ScoreReplicaQueries", 3), ("ScoreReplicaQueries", 2)]  # holdout 12, synthetic 7 images
+
+
 RUN_CONFIG = """\
 # every stage of `audit run`, each at its smallest: the point is equality, not a good audit
 utility: {target: density, recipe: {steps: 2, batch_size: 8}, n_boot: 50}
@@ -198,5 +222,6 @@ def test_a_full_audit_run_on_ray_reports_what_the_single_process_run_reports(run
     assert got_report["verdict"] == want_report["verdict"] and got_report["gates"] == want_report["gates"]
     images = "generate/images"
     assert folder_bytes(tmp_path / "ray" / images) == folder_bytes(tmp_path / "local" / images)
-    # generation, fidelity features, white-box queries and re-id embeddings went to the actors
-    assert {"WriteBatch", "ExtractFeatures", "ScoreWhiteBox", "EmbedRecords"} <= {name for _, name in calls}, calls
+    # generation, fidelity features, white-box queries, re-id embeddings and replica scores went to the actors
+    assert {"WriteBatch", "ExtractFeatures", "ScoreWhiteBox", "EmbedRecords", "ScoreReplicaQueries"} <= \
+        {name for _, name in calls}, calls
