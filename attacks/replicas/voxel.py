@@ -634,6 +634,29 @@ class RegisteredNCCScorer(VoxelScorer):
         return out
 
 
+# the coarse scale of the multi-scale registration level: copies that lost their fine scales (resolution loss,
+# heavy blur, heavy noise, strong JPEG) are compared where they still hold the source's content
+COARSE_PREFILTER_SIGMA = {2: 3.0, 3: 1.5}
+
+
+class CoarseRegisteredNCCScorer(RegisteredNCCScorer):
+    """``ncc_reg_coarse``: ``ncc_reg`` (same shortlist, first stage and pose grid) on images low-passed at a coarse
+    scale (σ 3 px in 2D, 1.5 voxels in 3D by default). The 2D ``ncc_reg`` compares at σ = 1 px, chosen for blur
+    ≤ 1.5 px: a copy that lost its fine scales (held-out families resolution_loss 2.5–4×, blur_heavy σ 2–3 px)
+    differs from its source there, and so did noisy copies. It is its own scorer — its own null, its own place
+    in the whole-image combination — because a coarse NCC is higher for every image (new ones too): the maximum of
+    raw NCCs across scales would be the coarse one's null."""
+
+    name = "ncc_reg_coarse"
+    level = "voxel, geometric, coarse scale (our extension: multi-scale registration)"
+
+    def resolved(self, ndim: int) -> dict[str, Any]:
+        out = super().resolved(ndim)
+        if self.params.prefilter_sigma is None:
+            out["prefilter_sigma"] = COARSE_PREFILTER_SIGMA[ndim]
+        return out
+
+
 class SSIMParams(Params):
     k: int = Field(10, ge=1, description="training images returned per query and orientation")
     flips: bool = True
