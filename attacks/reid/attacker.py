@@ -64,9 +64,14 @@ class AttackerParams(Params):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     augmentation: Literal["default", "strong", "none"] = "default"
+    rotation: float = Field(15.0, ge=0, le=180)  # 2D: largest training rotation, degrees
+    # 2D: half of the training images blurred with σ up to this many pixels — a generator's autoencoder and
+    # sampler low-pass what they copy, and an attacker keyed on fine texture misses its copies (docs/reid.md)
+    generator_blur: float = Field(2.0, ge=0, le=8)
     # every patient also enters training mirrored along each image axis as a *new* patient (4 identities per
-    # patient in 2D, 8 in 3D): more identities to tell apart, same within-patient correspondences
-    flip_identities: bool = True
+    # patient in 2D, 8 in 3D). Off by default: at an equal number of steps it lost to plain training on the
+    # tuning split (docs/reid.md, "Choices")
+    flip_identities: bool = False
 
     @model_validator(mode="after")
     def _check_components(self) -> "AttackerParams":
@@ -226,7 +231,7 @@ def train_on_arrays(images: np.ndarray, labels: np.ndarray, params: AttackerPara
     labels = labels[sample_image] * n_flips + sample_flip
     m, batch_size = batch_plan(labels, params)
     device = torch.device(runtime.device)
-    augment = make_augmenter(params.augmentation, ndim, runtime.seed)
+    augment = make_augmenter(params.augmentation, ndim, runtime.seed, params.rotation, params.generator_blur)
     label_tensor = torch.from_numpy(labels)
     started = time.perf_counter()
     losses: list[float] = []
