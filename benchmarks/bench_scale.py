@@ -425,7 +425,9 @@ def plot(result: dict, out: Path) -> None:
                 ax.loglog([r["n"] for r in mine], [r["seconds"] for r in mine], "o-",
                           label=f"{name}: slope {fit['exponent']:.2f}, {fit['seconds_per_item']:.3g} s/item + "
                                 f"{fit['fixed_seconds']:.3g} s")
-            ax.set_title(f"{key} (2 shared CPU cores)", fontsize=9)
+            title = {"generation": "generation (ldm2d-tiny)", "features": "domain embeddings",
+                     "replicas": "replica scoring (default scorer set)"}.get(key, key)
+            ax.set_title(f"{title}, 2 shared CPU cores", fontsize=9)
             ax.set_xlabel("images")
             ax.set_ylabel("seconds")
             ax.legend(fontsize=7)
