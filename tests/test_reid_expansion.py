@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from attacks.reid.augment import make_augmenter
-from attacks.reid.evaluate import EvaluationParams, evaluate_embeddings, expanded_retrieval_sets
+from attacks.reid.evaluate import (EvaluationParams, evaluate_embeddings, expanded_retrieval_sets,
+                                   expansion_depths)
 from attacks.reid.expansion import database_augmentation, query_expansion
 from attacks.reid.retrieval import pml_retrieval
 
@@ -54,15 +55,23 @@ def test_sanity_set_expansion_is_symmetric_and_matches_pml():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q, g = expanded_retrieval_sets(x, x, EvaluationParams(database_augmentation=1, query_expansion=1),
+    labels = np.repeat(np.arange(4), 3)
+    q, g = expanded_retrieval_sets(x, x, labels, EvaluationParams(database_augmentation=1, query_expansion=1),
                                    queries_are_gallery=True)
     assert q is g
     gallery = database_augmentation(x, 1)
     expected = query_expansion(gallery, gallery, 1, exclude_self=True)
     np.testing.assert_allclose(q, expected, atol=1e-6)
-    q0, g0 = expanded_retrieval_sets(x, x, EvaluationParams(database_augmentation=0, query_expansion=0),
+    q0, g0 = expanded_retrieval_sets(x, x, labels, EvaluationParams(database_augmentation=0, query_expansion=0),
                                      queries_are_gallery=True)
     np.testing.assert_array_equal(q0, x)
+
+
+def test_expansion_depth_is_capped_by_the_images_a_patient_has():
+    params = EvaluationParams(database_augmentation=2, query_expansion=1)
+    assert expansion_depths(np.repeat(np.arange(5), 4), params) == (2, 1)  # 4 views: 3 partners
+    assert expansion_depths(np.repeat(np.arange(5), 2), params) == (1, 1)  # 2 scans: 1 partner
+    assert expansion_depths(np.arange(5), params) == (0, 0)  # one image each: nothing to average with
 
 
 def chain_patients():
@@ -88,7 +97,7 @@ def test_expansion_changes_the_sanity_figure_by_what_pml_computes_on_the_expande
     for params in (plain, expanded):
         result = evaluate_embeddings(train, ["a", "b"], emb, names, emb[:1], [None], params, seed=0)
         values.append(result.figures["sanity/map_at_r"].value)
-        q, g = expanded_retrieval_sets(emb, emb, params, queries_are_gallery=True)
+        q, g = expanded_retrieval_sets(emb, emb, labels, params, queries_are_gallery=True)
         reference = pml_retrieval(q, labels, g, labels, ref_includes_query=True)["mean_average_precision_at_r"]
         assert result.figures["sanity/map_at_r"].value == pytest.approx(reference)
         # the plain-cosine value is always kept beside it

@@ -69,9 +69,10 @@ class AttackerParams(Params):
     # sampler low-pass what they copy, and an attacker keyed on fine texture misses its copies (docs/reid.md)
     generator_blur: float = Field(2.0, ge=0, le=8)
     # every patient also enters training mirrored along each image axis as a *new* patient (4 identities per
-    # patient in 2D, 8 in 3D). Off by default: at an equal number of steps it lost to plain training on the
-    # tuning split (docs/reid.md, "Choices")
-    flip_identities: bool = False
+    # patient in 2D, 8 in 3D). None = by dimension: off in 2D (at an equal number of steps it lost to plain
+    # training on the mammography tuning split), on in 3D (2 scans of 32 patients: without the mirrored
+    # identities the network fell below its untrained self) — docs/reid.md, "Choices"
+    flip_identities: bool | None = None
 
     @model_validator(mode="after")
     def _check_components(self) -> "AttackerParams":
@@ -205,6 +206,11 @@ def flip_axes(image: np.ndarray, code: int) -> np.ndarray:
     return np.flip(image, axis=axes) if axes else image
 
 
+def uses_flip_identities(params: AttackerParams, ndim: int) -> bool:
+    """`flip_identities`, or its default for the dimension when None (2D off, 3D on)."""
+    return params.flip_identities if params.flip_identities is not None else ndim == 3
+
+
 def prepare_batch(batch: np.ndarray, params: AttackerParams, device) -> torch.Tensor:
     """(B, *S) float32 [0, 1] → the network's input (B, 1, *input_shape), each image z-scored (an exposure
     difference between two views is not identity)."""
@@ -225,7 +231,7 @@ def train_on_arrays(images: np.ndarray, labels: np.ndarray, params: AttackerPara
         raise ValueError("one label per image")
     check_training_labels(labels)
     # virtual samples: (image, flip) pairs; the label of a flipped patient is a patient of its own
-    n_flips = 2 ** ndim if params.flip_identities else 1
+    n_flips = 2 ** ndim if uses_flip_identities(params, ndim) else 1
     sample_image = np.tile(np.arange(len(labels)), n_flips)
     sample_flip = np.repeat(np.arange(n_flips), len(labels))
     labels = labels[sample_image] * n_flips + sample_flip
@@ -359,7 +365,9 @@ def load_attacker(folder: str | Path, runtime: Runtime | None = None) -> ReidAtt
 
 
 def attacker_cache_key(train, params: AttackerParams, runtime: Runtime) -> dict[str, Any]:
-    return {"data": dataset_fingerprint(train), "params": params.model_dump(mode="json"), "seed": runtime.seed,
+    # a default (None) flip setting is keyed by what it means for this data: one attacker per actual training
+    resolved = {**params.model_dump(mode="json"), "flip_identities": uses_flip_identities(params, train.ndim)}
+    return {"data": dataset_fingerprint(train), "params": resolved, "seed": runtime.seed,
             "weights_sha256": file_sha256(params.weights) if params.weights else None,
             "training_version": TRAINING_VERSION}
 
