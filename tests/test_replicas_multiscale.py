@@ -2,6 +2,7 @@
 single (fine) scale of `ncc_reg` ranks it below new images."""
 
 import numpy as np
+import pytest
 from scipy.ndimage import gaussian_filter
 
 from attacks.replicas.registry import make_scorer
@@ -36,3 +37,14 @@ def test_coarse_scale_finds_a_blurred_copy_the_fine_scale_misses():
     assert coarse.scores[10:].min() > coarse.scores[:10].max() + 0.1
     assert coarse.nearest[10:].tolist() == [3, 11]
     assert coarse_scorer.describe()["resolved"]["prefilter_sigma"] == 3.0
+
+
+def test_both_registration_scales_share_the_primary_weight_in_the_default():
+    from attacks.replicas.combined import scorer_weights
+    from attacks.replicas.registry import PRESETS
+
+    assert "ncc_reg_coarse" in PRESETS["default"] and "ncc_reg_coarse" not in PRESETS["fast"]
+    w = scorer_weights(["ncc", "ssim", "ncc_reg", "ncc_reg_coarse"])
+    assert w == pytest.approx({"ncc": 0.1, "ssim": 0.1, "ncc_reg": 0.4, "ncc_reg_coarse": 0.4})
+    assert scorer_weights(["ncc", "ssim", "ncc_reg"]) == {"ncc": 0.25, "ssim": 0.25, "ncc_reg": 0.5}  # unchanged
+    assert scorer_weights(["ncc_reg", "ncc_reg_coarse"]) == {"ncc_reg": 0.5, "ncc_reg_coarse": 0.5}

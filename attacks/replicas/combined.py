@@ -74,19 +74,29 @@ class TailModel:
 
 # scorers whose search contains the others' (ncc_reg: rotations × scales × shifts, so plain, shift and zoom NCC
 # are among its poses) get a fixed share of the weight in the weighted maximum below
-PRIMARY_SCORERS = ("ncc_reg",)
+PRIMARY_SCORERS = ("ncc_reg", "ncc_reg_coarse")
 PRIMARY_WEIGHT = 0.5
+# with both scales of the registration listed, each gets this weight (the others share the rest): chosen among
+# 0.5/(1/6 each other), 0.35/0.15, 0.4/0.1 and equal weights on the held-out tuning split (seed 201, 2D)
+MULTISCALE_WEIGHT = 0.4
 
 
 def scorer_weights(names: list[str], primary_weight: float | None = PRIMARY_WEIGHT) -> dict[str, float]:
     """Weighted-Bonferroni weights (summing to 1): the first of PRIMARY_SCORERS present gets `primary_weight`,
-    the others share the rest equally; without a primary scorer (or with one scorer, or primary_weight None)
+    the others share the rest equally; when both registration scales (`ncc_reg`, `ncc_reg_coarse`) are listed,
+    each gets MULTISCALE_WEIGHT instead. Without a primary scorer (or with one scorer, or primary_weight None)
     all weights are equal."""
-    primary = next((p for p in PRIMARY_SCORERS if p in names), None) if primary_weight is not None else None
-    if primary is None or len(names) == 1:
+    primaries = [p for p in PRIMARY_SCORERS if p in names] if primary_weight is not None else []
+    if not primaries or len(names) == 1:
         return {n: 1.0 / len(names) for n in names}
-    rest = (1.0 - primary_weight) / (len(names) - 1)
-    return {n: primary_weight if n == primary else rest for n in names}
+    if len(primaries) == 1:
+        chosen = {primaries[0]: primary_weight}
+    else:
+        each = MULTISCALE_WEIGHT if len(names) > len(primaries) else 1.0 / len(primaries)
+        chosen = {p: each for p in primaries}
+    others = [n for n in names if n not in chosen]
+    rest = (1.0 - sum(chosen.values())) / len(others) if others else 0.0
+    return {n: chosen.get(n, rest) for n in names}
 
 
 @dataclass

@@ -92,7 +92,7 @@ def plot_histograms(path: Path, audit) -> None:
         ax.axvline(audit.calibrations[name].threshold, color="k", ls="--",
                    label=f"threshold q={audit.calibrations[name].quantile}")
         ax.set_title(name, parse_math=False)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left")  # an explicit place: "best" searched every bar (slow, warned)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -34,7 +34,7 @@ SCORERS.register("deepssim", "attacks.replicas.deepssim:DeepSSIMScorer",
 
 # The best set of the benchmark (chosen on its tuning split; see docs/replicas.md) and the cheap one.
 PRESETS: dict[str, tuple[str, ...]] = {
-    "default": ("ncc", "ssim", "ncc_reg", "ncc_local"),
+    "default": ("ncc", "ssim", "ncc_reg", "ncc_reg_coarse", "ncc_local"),
     "fast": ("ncc", "ssim"),
 }
 DEFAULT_SCORERS = PRESETS["default"]
