@@ -121,7 +121,7 @@ def test_reid_embedding_pass_on_ray_equals_the_single_process_one(tiny, tmp_path
 
 
 def test_audit_replicas_on_ray_writes_the_single_process_outputs(tmp_path, monkeypatch):
-    """`audit replicas` with the default scorer set (ncc, ssim, ncc_reg, ncc_local; 32x32 so that ncc_local runs),
+    """`audit replicas` with the default scorer set (32x32, so that ncc_local runs too),
     in process and with --ray-address local: the same replicas.csv, replicas.json (but for times) and figures,
     byte for byte — the fitted scorers shared once, the holdout and synthetic images scored by the actors."""
     from attacks.replicas.registry import DEFAULT_SCORERS
