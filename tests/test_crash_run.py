@@ -45,7 +45,7 @@ GATES = {"version": 1, "required_stages": list(STAGES), "gates": [
     {"metric": "replicas/flagged_share", "op": "<=", "threshold": 0.5, "on": "value", "severity": "fail"},
     {"metric": "membership/best/auc", "op": "<=", "threshold": 0.9, "on": "value", "severity": "fail"},
     {"metric": "fidelity/fid_over_floor", "op": "<=", "threshold": 3.0, "on": "value", "severity": "warn"}]}
-VOLATILE_KEYS = {"created_at", "started_at", "finished_at", "seconds", "git_commit"}
+VOLATILE_KEYS = {"created_at", "started_at", "finished_at", "seconds", "git_commit", "git_dirty"}
 LOCK = ".audit-run.lock"  # kept on purpose: the lock of OUT (flock), not a leftover
 
 
