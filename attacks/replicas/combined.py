@@ -231,13 +231,12 @@ class LocalGateCombiner:
         whole = [s for s in self.order if s not in self.local_scorers]
         n = len(next(iter(holdout_scores.values())))
         self.holdout_kept = np.ones(n, bool)
-        if local and self.overlap_ncc is not None:
-            # holdout images sharing an identical region with a training image (the same scan in two files,
-            # neighbouring frames of one series, a leak between the splits) are not new images: left out of every
-            # null and of the threshold, and reported
-            overlap = np.any([np.asarray(holdout_scores[s]) >= self.overlap_ncc for s in local], axis=0)
-            if overlap.sum() < n - 1:
-                self.holdout_kept = ~overlap
+        # holdout images sharing an identical region with a training image (the same scan in two files,
+        # neighbouring frames of one series, a leak between the splits) are not new images: left out of every
+        # null and of the threshold, and reported
+        overlap = self.overlaps_training(holdout_scores)
+        if overlap.sum() < n - 1:
+            self.holdout_kept = ~overlap
         holdout_scores = {s: np.asarray(v)[self.holdout_kept] for s, v in holdout_scores.items()}
         if not local or not whole:  # one level only: the plain tail_p rule
             self.whole = TailPCombiner(primary_weight=self.primary_weight).fit(holdout_scores)
@@ -249,6 +248,15 @@ class LocalGateCombiner:
         self.level_weights = {"whole": 1.0 - self.local_share,
                               **{s: self.local_share / len(local) for s in local}}
         return self
+
+    def overlaps_training(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """(N,) bool: images whose local score reaches `overlap_ncc` — a region identical to a training image
+        (none without a listed local scorer or with the rule off)."""
+        n = len(next(iter(scores.values())))
+        local = [s for s in scores if s in self.local_scorers]
+        if self.overlap_ncc is None or not local:
+            return np.zeros(n, bool)
+        return np.any([np.asarray(scores[s]) >= self.overlap_ncc for s in local], axis=0)
 
     @property
     def gated(self) -> bool:

@@ -285,12 +285,10 @@ def crossfit_flagged_share(holdout_scores: dict[str, np.ndarray], quantile: floa
 def overlapping_holdout(combiner, holdout_scores: dict[str, np.ndarray]) -> np.ndarray:
     """(H,) bool: holdout images the combiner's rule would leave out of a calibration as overlapping training
     images (none for a rule without that check)."""
-    n = len(next(iter(holdout_scores.values())))
-    limit = getattr(combiner, "overlap_ncc", None)
-    local = [s for s in holdout_scores if s in getattr(combiner, "local_scorers", ())]
-    if limit is None or not local:
-        return np.zeros(n, bool)
-    return np.any([np.asarray(holdout_scores[s]) >= limit for s in local], axis=0)
+    overlaps = getattr(combiner, "overlaps_training", None)
+    if overlaps is None:
+        return np.zeros(len(next(iter(holdout_scores.values()))), bool)
+    return overlaps(holdout_scores)
 
 
 def gate_exceeded(flagged: Estimate, gate: float) -> bool:
