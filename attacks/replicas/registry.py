@@ -24,6 +24,8 @@ SCORERS.register("ncc_reg", "attacks.replicas.voxel:RegisteredNCCScorer",
                  "voxel: registration (rotations × magnifications × shifts) of a robust shortlist")
 SCORERS.register("ncc_reg_coarse", "attacks.replicas.voxel:CoarseRegisteredNCCScorer",
                  "voxel: ncc_reg at a coarse scale (low-pass σ 3 px in 2D): copies that lost their fine scales")
+SCORERS.register("ncc_fm", "attacks.replicas.invariant:InvariantNCCScorer",
+                 "voxel (2D): Fourier-Mellin shortlist, estimated rotation + magnification, masked NCC over shifts")
 SCORERS.register("ncc_local", "attacks.replicas.local:LocalNCCScorer",
                  "local: a copied region (best window NCC over the training images' windows)")
 SCORERS.register("feature", "attacks.replicas.feature:FeatureScorer", "feature: encoder embedding cosine")
