@@ -192,6 +192,10 @@ def test_folder_contract_files_and_columns(folders, capsys):
     assert summary["details"]["synthetic_map"]["without_source_id"] == 2
     assert summary["figures"]["map_at_r"]["n"] == 2
     assert (out / "gallery.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
+    # the weak-attacker warning: in reid.json and on stderr exactly when the held-out sanity is below 0.9
+    weak = summary["figures"]["sanity/map_at_r"]["value"] < 0.9
+    assert summary["details"]["sanity"]["weak_attacker"] is weak and len(summary["details"]["warnings"]) == weak
+    assert ("reid: warning: the attacker is weak" in capsys.readouterr().err) is weak
 
 
 def test_overlapping_patients_exit_2_before_training(folders, capsys):

@@ -179,3 +179,30 @@ def test_overlapping_patients_are_an_input_error():
     x, y = clustered(4, 3, seed=11)
     with pytest.raises(AuditInputError, match="also training patients"):
         evaluate_embeddings(x, [str(v) for v in y], x[:3], ["0", "0", "0"], x[:2], [None, None])
+
+
+def test_weak_attacker_warning_follows_the_sanity_level():
+    # planted: well separated patients (sanity mAP@R 1) vs embeddings that ignore the patient (pure noise)
+    train, train_labels = clustered(10, 4, spread=0.2, seed=12)
+    strong, strong_labels = clustered(6, 4, spread=0.2, seed=13)
+    rng = np.random.default_rng(14)
+    noise = rng.normal(size=strong.shape).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    train_patients = [f"t{v}" for v in train_labels]
+    holdout_patients = [f"h{v}" for v in strong_labels]
+    for holdout, weak in ((strong, False), (noise, True)):
+        evaluation = evaluate_embeddings(train, train_patients, holdout, holdout_patients, train[:4], [None] * 4,
+                                         seed=0)
+        sanity = evaluation.figures["sanity/map_at_r"].value
+        assert (sanity < 0.9) == weak  # the planted cases sit on either side of the default level
+        assert evaluation.details["sanity"]["weak_attacker"] is weak
+        assert len(evaluation.details["warnings"]) == int(weak)
+    assert "lower bound" in evaluation.details["warnings"][0]
+
+
+def test_attacker_warnings_at_the_level_and_for_nan():
+    from attacks.reid.evaluate import attacker_warnings
+
+    assert attacker_warnings(0.9, 0.9) == []
+    assert len(attacker_warnings(0.8999, 0.9)) == 1
+    assert "not measurable" in attacker_warnings(float("nan"), 0.9)[0]

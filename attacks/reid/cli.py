@@ -18,6 +18,7 @@ saves one as a checkpoint folder, which `--attacker CKPT` reuses.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from audit.commands.common import add_data_options, data_config_from_args
@@ -191,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
           f"{rate.value * 100:.1f}% of {rate.n} synthetic images linked (95% CI {rate.ci_low * 100:.1f}-"
           f"{rate.ci_high * 100:.1f}%) vs control {control.value * 100:.1f}% (1:N false-link rate 1%); "
           f"risk {risk.value:.3f} [{risk.ci_low:.3f}, {risk.ci_high:.3f}]; wrote {out}/reid.csv")
+    for warning in output.details["warnings"]:
+        print(f"reid: warning: {warning}", file=sys.stderr)
     if figures["map_at_r"].n:
         chance = figures["map_at_r_chance"]
         print(f"reid: source-patient mAP@R {figures['map_at_r'].value:.3f} vs chance {chance.value:.3f} "
