@@ -61,7 +61,12 @@ class InvariantParams(Params):
     min_overlap: float = Field(0.3, gt=0, le=1, description="smallest overlap of the warped training image "
                                                             "with the query, as a share of the query's area")
     max_scale: float = Field(4.0, gt=1, description="pose estimates magnifying or shrinking by more than this "
-                                                    "are rejected (the pair scores on the other hypothesis)")
+                                                    "are clipped to it")
+    refine: int = Field(2, ge=0, description="best candidates per query and orientation whose pose is refined "
+                                             "by patch-displacement affine fits (0: off)")
+    refine_iterations: int = Field(3, ge=1, description="affine refinements per refined candidate")
+    patch_fraction: float = Field(0.25, gt=0, le=0.5, description="patch side of the affine refinement, as a "
+                                                                  "fraction of the image side")
 
 
 # ============================================================================================ pure helpers
@@ -117,17 +122,140 @@ def estimate_pose(query_map: np.ndarray, train_map: np.ndarray, per_log_unit: fl
     return angle, float(np.exp(-shift[1] / per_log_unit))
 
 
-def similarity_warp(image: np.ndarray, angle_deg: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The image rotated by `angle_deg` (counter-clockwise as displayed, like skimage.transform.rotate) and
-    magnified by `scale` about its centre, black outside; with the mask of output pixels inside the source."""
+def pose_matrix(angle_deg: float, scales: tuple[float, float]) -> np.ndarray:
+    """The 2×2 map from an output pixel's offset to the centre to the input's (rows, cols), for the training image
+    rotated by `angle_deg` (counter-clockwise as displayed, like skimage.transform.rotate) and then magnified by
+    `scales` (per axis of the output) about its centre. Rows grow downwards, hence the signs."""
     t = np.deg2rad(angle_deg)
-    # output pixel o (row, col) reads the input at c + R(−θ)(o − c)/s; rows grow downwards, hence the signs
-    matrix = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) / scale
-    centre = (np.array(image.shape) - 1) / 2
-    offset = centre - matrix @ centre
+    return np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) @ np.diag(1 / np.asarray(scales, float))
+
+
+def warp_affine(image: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """output(o) = image(matrix · o + offset), linear, black outside; with the mask of output pixels inside."""
     warped = affine_transform(image, matrix, offset=offset, order=1, mode="constant", cval=0.0)
     mask = affine_transform(np.ones_like(image), matrix, offset=offset, order=1, mode="constant", cval=0.0)
     return warped, mask > 0.999
+
+
+def centred_offset(matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    centre = (np.array(shape) - 1) / 2
+    return centre - matrix @ centre
+
+
+def similarity_warp(image: np.ndarray, angle_deg: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image rotated by `angle_deg` and magnified by `scale` about its centre, black outside, with its mask."""
+    matrix = pose_matrix(angle_deg, (scale, scale))
+    return warp_affine(image, matrix, centred_offset(matrix, image.shape))
+
+
+def axis_profiles(images: np.ndarray, min_radius: float, n: int = 96) -> tuple[np.ndarray, float]:
+    """Per image and axis, the slope of log(1 + the |FFT| summed over the other axis) on a logarithmic grid of
+    that axis's frequency (both signs added): a magnification by m along an axis moves its profile by −log m.
+    (N, H, W) → ((N, 2, n) float32, grid points per unit of log frequency)."""
+    from skimage.filters import window
+
+    shape = images.shape[1:]
+    modulus = np.abs(sfft.fftshift(sfft.fft2(images * window("hann", shape), axes=(1, 2)), axes=(1, 2)))
+    top = min(shape) / 2 - 1
+    grid = np.exp(np.linspace(np.log(min_radius), np.log(top), n))
+    out = np.empty((len(images), 2, n), dtype=np.float32)
+    for axis in (0, 1):
+        freqs = np.arange(shape[axis]) - shape[axis] // 2
+        marginal = np.log1p(modulus.sum(axis=2 - axis))  # axis 0 (rows): sum over the columns
+        for i, m in enumerate(marginal):
+            out[i, axis] = np.gradient(np.interp(grid, freqs, m) + np.interp(-grid, freqs, m))
+    return out, (n - 1) / (np.log(top) - np.log(min_radius))
+
+
+def axis_magnifications(query_profiles: np.ndarray, train_profiles: np.ndarray, per_log_unit: float,
+                        max_scale: float) -> tuple[float, float]:
+    """Per-axis magnification (rows, cols) taking the training image to the query, unrotated: for each axis the
+    log-frequency shift with the largest NCC of the overlapping profiles (at least half of them), refined to a
+    fraction of a grid step by a parabola through the peak and its neighbours."""
+    n = query_profiles.shape[-1]
+    limit = min(int(np.log(max_scale) * per_log_unit), n // 2)
+    shifts = np.arange(-limit, limit + 1)
+    out = []
+    for a, b in zip(query_profiles, train_profiles):
+        values = np.full(len(shifts), -np.inf)
+        for j, t in enumerate(shifts):  # query(g) ≈ train(g + t): the query's spectrum moved by −t steps
+            x, y = (a[:n - t], b[t:]) if t >= 0 else (a[-t:], b[:n + t])
+            if x.std() > 0 and y.std() > 0:
+                values[j] = np.corrcoef(x, y)[0, 1]
+        j = int(np.argmax(values))
+        delta = 0.0
+        if 0 < j < len(shifts) - 1 and np.all(np.isfinite(values[j - 1:j + 2])):
+            y0, y1, y2 = values[j - 1:j + 2]
+            curvature = y0 - 2 * y1 + y2
+            delta = 0.5 * (y0 - y2) / curvature if curvature < 0 else 0.0
+        out.append(float(np.exp((shifts[j] + delta) / per_log_unit)))
+    return out[0], out[1]
+
+
+def patch_shifts(query_patches: np.ndarray, moving_patches: np.ndarray) -> np.ndarray:
+    """Per pair of (mean-removed) patches (B, P, P), the displacement d with query(p) ≈ moving(p − d), by
+    cross-correlation (circular FFT; the convention and the integer peak of skimage's phase_cross_correlation with
+    normalization=None), refined to a fraction of a pixel by a parabola through the peak along each axis."""
+    q = query_patches - query_patches.mean(axis=(1, 2), keepdims=True)
+    m = moving_patches - moving_patches.mean(axis=(1, 2), keepdims=True)
+    corr = sfft.irfft2(sfft.rfft2(q, axes=(1, 2)) * np.conj(sfft.rfft2(m, axes=(1, 2))), s=q.shape[1:], axes=(1, 2))
+    size = np.array(q.shape[1:])
+    flat = corr.reshape(len(corr), -1).argmax(axis=1)
+    peak = np.stack(np.unravel_index(flat, q.shape[1:]), axis=1)
+    out = np.where(peak > size // 2, peak - size, peak).astype(np.float64)
+    rows = np.arange(len(corr))
+    for axis in (0, 1):
+        before, after = peak.copy(), peak.copy()
+        before[:, axis] = (peak[:, axis] - 1) % size[axis]
+        after[:, axis] = (peak[:, axis] + 1) % size[axis]
+        y0 = corr[rows, before[:, 0], before[:, 1]]
+        y1 = corr[rows, peak[:, 0], peak[:, 1]]
+        y2 = corr[rows, after[:, 0], after[:, 1]]
+        curvature = y0 - 2 * y1 + y2
+        out[:, axis] += np.where(curvature < 0, 0.5 * (y0 - y2) / np.where(curvature < 0, curvature, -1), 0.0)
+    return out
+
+
+def fit_affine_trimmed(src: np.ndarray, dst: np.ndarray, inlier_px: float = 1.5,
+                       rounds: int = 3) -> tuple[np.ndarray, np.ndarray] | None:
+    """Least-squares affine map dst ≈ A · src + b (points (n, 2)), refitted `rounds` times on the points within
+    `inlier_px` of the previous fit (a patch on an occluder or on new content is an outlier, not a vote). None when
+    fewer than 6 points stay."""
+    keep = np.ones(len(src), bool)
+    for _ in range(rounds):
+        if keep.sum() < 6:
+            return None
+        design = np.c_[src[keep], np.ones(keep.sum())]
+        solution = np.linalg.lstsq(design, dst[keep], rcond=None)[0]  # (3, 2)
+        residual = np.linalg.norm(np.c_[src, np.ones(len(src))] @ solution - dst, axis=1)
+        keep = residual <= inlier_px
+    if keep.sum() < 6:
+        return None
+    return solution[:2].T, solution[2]
+
+
+def refine_affine(query: np.ndarray, image: np.ndarray, matrix: np.ndarray, offset: np.ndarray,
+                  patch: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """One affine refinement of a pose, estimated (no grid): the query is cut into patches of `patch` px (half a
+    patch apart); each patch's displacement against the posed training image is its cross-correlation peak
+    (`patch_shifts`); an affine map is fitted to the displacements (`fit_affine_trimmed`) and composed with the
+    pose. None when fewer than 6 patches are usable or agree."""
+    warped, mask = warp_affine(image, matrix, offset)
+    h, w = query.shape
+    boxes = [(r, c) for r in range(0, h - patch + 1, patch // 2) for c in range(0, w - patch + 1, patch // 2)
+             if mask[r:r + patch, c:c + patch].all()]
+    boxes = [(r, c) for r, c in boxes
+             if query[r:r + patch, c:c + patch].std() > 1e-3 and warped[r:r + patch, c:c + patch].std() > 1e-3]
+    if len(boxes) < 6:
+        return None
+    shifts = patch_shifts(np.stack([query[r:r + patch, c:c + patch] for r, c in boxes]),
+                          np.stack([warped[r:r + patch, c:c + patch] for r, c in boxes]))
+    src = np.array(boxes, dtype=np.float64) + (patch - 1) / 2
+    fitted = fit_affine_trimmed(src, src - shifts)  # query point p sits at p − d in the posed training image
+    if fitted is None:
+        return None
+    a, b = fitted
+    return matrix @ a, matrix @ b + offset
 
 
 def masked_ncc_best_shift(query: np.ndarray, moving: np.ndarray, masks: np.ndarray,
@@ -184,7 +312,8 @@ class InvariantNCCScorer(ScorerBase):
         self.train: np.ndarray | None = None
         self.maps: np.ndarray | None = None
         self.descriptors: np.ndarray | None = None
-        self.per_log_unit: float | None = None
+        self.profiles: np.ndarray | None = None
+        self.per_log_unit: tuple[float, float] | None = None
 
     def unsupported(self, shape: tuple[int, ...]) -> str | None:
         if len(shape) != 2:
@@ -200,33 +329,60 @@ class InvariantNCCScorer(ScorerBase):
         if train.ndim != 3 or reason:
             raise AuditInputError(None, f"{self.name} scorer: expected 2D training images (N, H, W): {reason}")
         self.train = prepare(train, self.params.prefilter_sigma)
-        self.maps, self.per_log_unit = log_polar_spectra(self.train, self.params.min_radius)
+        self.maps, polar_unit = log_polar_spectra(self.train, self.params.min_radius)
         self.descriptors = fourier_mellin_descriptors(self.maps, self.params.descriptor_size)
+        self.profiles, axis_unit = axis_profiles(self.train, self.params.min_radius)
+        self.per_log_unit = (polar_unit, axis_unit)
         return self
 
     def fitted_state(self) -> dict[str, np.ndarray]:
-        return {"train": self.train, "maps": self.maps, "descriptors": self.descriptors,
+        return {"train": self.train, "maps": self.maps, "descriptors": self.descriptors, "profiles": self.profiles,
                 "per_log_unit": np.array(self.per_log_unit)}
 
     def restore(self, state: dict[str, np.ndarray]) -> "InvariantNCCScorer":
         self.train, self.maps, self.descriptors = state["train"], state["maps"], state["descriptors"]
-        self.per_log_unit = float(state["per_log_unit"])
+        self.profiles = state["profiles"]
+        self.per_log_unit = tuple(float(v) for v in state["per_log_unit"])
         return self
 
-    def pair_scores(self, query: np.ndarray, query_map: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Masked NCC of one query against each candidate at its estimated pose (best of the two angles)."""
+    def poses(self, query_map: np.ndarray, query_profiles: np.ndarray, c: int) -> list[np.ndarray]:
+        """The estimated poses (2×2 matrices about the centre) of training image `c` onto the query: the
+        Fourier–Mellin rotation + magnification, and the per-axis magnifications of the unrotated image; each also
+        turned by 180° (the modulus cannot tell)."""
         p = self.params
-        warped, masks = [], []
-        for c in candidates:
-            angle, scale = estimate_pose(query_map, self.maps[c], self.per_log_unit, p.upsample)
-            if not (1 / p.max_scale <= scale <= p.max_scale):
-                scale = 1.0
-            for a in (angle, angle + 180.0):
-                image, mask = similarity_warp(self.train[c], a, scale)
-                warped.append(image)
-                masks.append(mask)
-        best, _ = masked_ncc_best_shift(query, np.stack(warped), np.stack(masks), p.min_overlap)
-        return best.reshape(len(candidates), 2).max(axis=1)
+        angle, scale = estimate_pose(query_map, self.maps[c], self.per_log_unit[0], p.upsample)
+        scale = float(np.clip(scale, 1 / p.max_scale, p.max_scale))
+        rows, cols = axis_magnifications(query_profiles, self.profiles[c], self.per_log_unit[1], p.max_scale)
+        return [pose_matrix(a, sc) for a, sc in ((angle, (scale, scale)), (angle + 180.0, (scale, scale)),
+                                                 (0.0, (rows, cols)), (180.0, (rows, cols)))]
+
+    def pair_scores(self, query: np.ndarray, query_map: np.ndarray, query_profiles: np.ndarray,
+                    candidates: np.ndarray) -> np.ndarray:
+        """Masked NCC of one query against each candidate at its best estimated pose; the best `refine`
+        candidates' poses then refined by affine fits (a refinement is kept only where it scores higher)."""
+        p = self.params
+        shape = query.shape
+        matrices = [m for c in candidates for m in self.poses(query_map, query_profiles, c)]
+        offsets = [centred_offset(m, shape) for m in matrices]
+        warped = [warp_affine(self.train[c], m, o) for c, m, o in zip(np.repeat(candidates, 4), matrices, offsets)]
+        values, shifts = masked_ncc_best_shift(query, np.stack([w for w, _ in warped]),
+                                               np.stack([k for _, k in warped]), p.min_overlap)
+        per_pose = values.reshape(len(candidates), 4)
+        scores = per_pose.max(axis=1).astype(np.float64)
+        patch = max(8, int(round(p.patch_fraction * min(shape))))
+        for j in np.argsort(-scores, kind="stable")[:p.refine]:
+            best = 4 * j + int(per_pose[j].argmax())
+            matrix = matrices[best]
+            offset = offsets[best] - matrix @ shifts[best]  # the found translation folded into the pose
+            for _ in range(p.refine_iterations):
+                refined = refine_affine(query, self.train[candidates[j]], matrix, offset, patch)
+                if refined is None:
+                    break
+                image, mask = warp_affine(self.train[candidates[j]], *refined)
+                value, shift = masked_ncc_best_shift(query, image[None], mask[None], p.min_overlap)
+                matrix, offset = refined[0], refined[1] - refined[0] @ shift[0]
+                scores[j] = max(scores[j], float(value[0]))
+        return scores
 
     def score(self, queries: np.ndarray) -> ReplicaScores:
         from audit.progress import progress_bar
@@ -235,17 +391,18 @@ class InvariantNCCScorer(ScorerBase):
         queries = prepare(queries, self.params.prefilter_sigma)
         k = min(self.params.k, len(self.train))
         parts = []
-        # a mirror about the rows is a mirror about the columns turned by 180°, which the pose estimate tries anyway
+        # a mirror about the rows is a mirror about the columns turned by 180°, which the poses try anyway
         views = orientations(2, self.params.flips)[:2]
         bar = progress_bar(total=len(queries) * len(views), desc=self.name) if self.runtime.progress else None
         for axes in views:
             oriented = np.ascontiguousarray(np.flip(queries, axis=axes)) if axes else queries
             maps, _ = log_polar_spectra(oriented, self.params.min_radius)
+            profiles, _ = axis_profiles(oriented, self.params.min_radius)
             _, index = topk_similarity(fourier_mellin_descriptors(maps, self.params.descriptor_size),
                                        self.descriptors, k=k, metric="cosine", device="cpu")
             scores = np.empty(index.shape, dtype=np.float64)
             for row in range(len(oriented)):
-                scores[row] = self.pair_scores(oriented[row], maps[row], index[row])
+                scores[row] = self.pair_scores(oriented[row], maps[row], profiles[row], index[row])
                 if bar is not None:
                     bar.update(1)
             parts.append((scores, index))
@@ -262,8 +419,12 @@ class InvariantNCCScorer(ScorerBase):
                                             "Hann-windowed image", "log_polar": [N_ANGLES, N_RADII],
                               "min_radius": p.min_radius, "coefficients": p.descriptor_size, "metric": "cosine",
                               "k": p.k, "search": "audit.search.topk_similarity (exact, chunked)"},
-                "pose": {"estimate": "phase correlation of the log-polar spectra (skimage), angle and angle+180",
+                "pose": {"estimate": "phase correlation of the log-polar spectra (skimage): rotation + magnification; "
+                                     "per-axis magnifications from the spectrum's marginals; each also at +180 deg",
                          "upsample": p.upsample, "max_scale": p.max_scale,
+                         "refine": {"candidates": p.refine, "iterations": p.refine_iterations,
+                                    "patch_fraction": p.patch_fraction,
+                                    "fit": "affine least squares on patch displacements, trimmed at 1.5 px"},
                          "warp": "scipy.ndimage.affine_transform, linear, validity mask"},
                 "measure": {"name": "masked NCC over every shift (Padfield 2012, FFT)",
                             "min_overlap": p.min_overlap}}
