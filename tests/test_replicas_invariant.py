@@ -8,7 +8,8 @@ from skimage import data
 from skimage.registration import phase_cross_correlation
 from skimage.transform import SimilarityTransform, rescale, resize, rotate, warp
 
-from attacks.replicas.invariant import (estimate_pose, log_polar_spectra, masked_ncc_best_shift, prepare,
+from attacks.replicas.invariant import (axis_magnifications, axis_profiles, estimate_pose, fit_affine_trimmed,
+                                        log_polar_spectra, masked_ncc_best_shift, patch_shifts, prepare,
                                         similarity_warp)
 from attacks.replicas.registry import make_scorer
 from audit.errors import AuditInputError
@@ -122,6 +123,47 @@ def test_mirrored_rotated_copy_is_found_through_one_mirror(fitted):
     copy = rotated_magnified(train[4][::-1], -20.0, 1.2)  # mirrored about the rows: the column mirror turned 180°
     result = scorer.score(copy[None])
     assert result.nearest[0] == 4 and result.scores[0] >= 0.9
+
+
+def test_patch_shifts_agree_with_skimage_phase_correlation():
+    rng = np.random.default_rng(3)
+    base = rng.random((4, 40, 40)).astype(np.float32)
+    true = [(3, -5), (-7, 2), (0, 9), (11, -11)]
+    query = np.stack([np.roll(b, t, axis=(0, 1)) for b, t in zip(base, true)])[:, 4:36, 4:36]
+    moving = base[:, 4:36, 4:36]
+    ours = patch_shifts(query, moving)
+    for q, m, o, t in zip(query, moving, ours, true):
+        expected = phase_cross_correlation(q, m, normalization=None)[0]
+        assert tuple(np.round(o).astype(int)) == tuple(expected.astype(int)) == t
+
+
+def test_trimmed_affine_fit_recovers_a_planted_map_despite_outliers():
+    rng = np.random.default_rng(4)
+    a, b = np.array([[1.1, 0.05], [-0.08, 0.93]]), np.array([3.0, -2.0])
+    src = rng.uniform(0, 128, (40, 2))
+    dst = src @ a.T + b + rng.normal(0, 0.2, (40, 2))
+    dst[:8] += rng.uniform(10, 30, (8, 2))  # patches on new content
+    fitted_a, fitted_b = fit_affine_trimmed(src, dst)
+    np.testing.assert_allclose(fitted_a, a, atol=0.01)
+    np.testing.assert_allclose(fitted_b, b, atol=0.5)
+    assert fit_affine_trimmed(src[:5], dst[:5]) is None
+
+
+def test_anisotropic_crop_is_recovered(fitted, photos):
+    """A crop of 78% of the rows and 66% of the columns resized back (magnifications 1.28 and 1.52): the per-axis
+    estimate and the affine refinement recover it; the isotropic log-polar estimate alone cannot."""
+    scorer, train = fitted
+    source = 1
+    image = train[source]
+    crop = resize(image[10:10 + 100, 30:30 + 84], (128, 128), order=1, anti_aliasing=True).astype(np.float32)
+    prepared = prepare(np.stack([image, crop]), scorer.params.prefilter_sigma)
+    profiles, unit = axis_profiles(prepared, scorer.params.min_radius)
+    rows, cols = axis_magnifications(profiles[1], profiles[0], unit, scorer.params.max_scale)
+    assert rows == pytest.approx(128 / 100, rel=0.05) and cols == pytest.approx(128 / 84, rel=0.05)
+    result = scorer.score(crop[None])
+    assert result.nearest[0] == source and result.scores[0] >= 0.9
+    unrefined = make_scorer("ncc_fm", {"refine": 0}).fit(train).score(crop[None]).scores[0]
+    assert result.scores[0] >= unrefined
 
 
 def test_3d_is_refused_with_a_clear_error_and_a_reason():

@@ -217,18 +217,20 @@ def patch_shifts(query_patches: np.ndarray, moving_patches: np.ndarray) -> np.nd
 
 
 def fit_affine_trimmed(src: np.ndarray, dst: np.ndarray, inlier_px: float = 1.5,
-                       rounds: int = 3) -> tuple[np.ndarray, np.ndarray] | None:
-    """Least-squares affine map dst ≈ A · src + b (points (n, 2)), refitted `rounds` times on the points within
-    `inlier_px` of the previous fit (a patch on an occluder or on new content is an outlier, not a vote). None when
-    fewer than 6 points stay."""
+                       rounds: int = 5) -> tuple[np.ndarray, np.ndarray] | None:
+    """Least-squares affine map dst ≈ A · src + b (points (n, 2)), refitted on the points within max(`inlier_px`,
+    2 × the median residual) of the previous fit, `rounds` times, then once on those within `inlier_px` (a patch
+    on an occluder or on new content is an outlier, not a vote). None when fewer than 6 points stay."""
+    ones = np.ones((len(src), 1))
     keep = np.ones(len(src), bool)
-    for _ in range(rounds):
+    solution = None
+    for round_ in range(rounds + 1):
         if keep.sum() < 6:
             return None
-        design = np.c_[src[keep], np.ones(keep.sum())]
-        solution = np.linalg.lstsq(design, dst[keep], rcond=None)[0]  # (3, 2)
-        residual = np.linalg.norm(np.c_[src, np.ones(len(src))] @ solution - dst, axis=1)
-        keep = residual <= inlier_px
+        solution = np.linalg.lstsq(np.c_[src[keep], ones[keep]], dst[keep], rcond=None)[0]  # (3, 2)
+        residual = np.linalg.norm(np.c_[src, ones] @ solution - dst, axis=1)
+        final = round_ >= rounds - 1
+        keep = residual <= (inlier_px if final else max(inlier_px, 2 * np.median(residual[keep])))
     if keep.sum() < 6:
         return None
     return solution[:2].T, solution[2]
