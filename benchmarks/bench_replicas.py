@@ -397,8 +397,8 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     replica's source.
 
     Combiners: `combined` (the suite's rule over every scored scorer), `default` and `fast` (the same rule over
-    the members of those presets, when all were scored: what a user gets), `default_tail_p` (the default set
-    under the earlier rule, `tail_p`, for before/after on the same scores), and with `comparisons` the earlier
+    the members of those presets, when all were scored: what a user gets), `default_local_gate` and `default_tail_p`
+    (the default set under the earlier rules, `local_gate` and `tail_p`, for before/after on the same scores), and with `comparisons` the earlier
     definitions (equal weights, max-z) and the voxel scorers alone. Single scorers are compared (paired
     bootstrap) with `reference`."""
     from attacks.replicas.calibrate import calibrate
@@ -416,13 +416,15 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     nearest = {n: np.asarray(record[f"nearest_{n}"]) for n in scorer_names}
     holdout_scores = {n: s[:n_h] for n, s in scores.items()}
     nearest_by_scorer = np.stack([nearest[n] for n in scorer_names], 1)
-    # the suite's definition (its default rule, `local_gate` since 2026-11-30 evening) over every scorer
+    # the suite's definition (its default rule, `level_gate` since 2026-12-01) over every scorer
     combiners = {"combined": make_combiner().fit(holdout_scores)}
     for preset, members in PRESETS.items():  # what `audit replicas` runs by default, and --preset fast
         if set(members) <= set(scorer_names):
             combiners[preset] = make_combiner().fit({n: holdout_scores[n] for n in members})
-    if set(PRESETS["default"]) <= set(scorer_names):  # the default set under the rule it had before the local gate
-        combiners["default_tail_p"] = TailPCombiner().fit({n: holdout_scores[n] for n in PRESETS["default"]})
+    if set(PRESETS["default"]) <= set(scorer_names):  # the default set under the rules it had before
+        default_holdout = {n: holdout_scores[n] for n in PRESETS["default"]}
+        combiners["default_local_gate"] = make_combiner("local_gate").fit(default_holdout)  # 2026-11-30 evening
+        combiners["default_tail_p"] = TailPCombiner().fit(default_holdout)  # before the local gate
     if comparisons:
         # the same with equal weights (the suite's rule before ncc_reg existed), and the first definition
         combiners["combined_equal_w"] = TailPCombiner(primary_weight=None).fit(holdout_scores)

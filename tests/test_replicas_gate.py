@@ -1,4 +1,5 @@
-"""The local gate (`local_gate`, the default combination): the whole-image level and the local level each flag on
+"""The local gate (`local_gate`, the default of 2026-11-30 evening; the default `level_gate` is the same with the
+as-is levels added, tests/test_replicas_levels.py): the whole-image level and the local level each flag on
 their own, the false-positive budget split between them and the overall rate calibrated on the holdout."""
 
 import math
@@ -17,11 +18,11 @@ def nulls(seed=5, n=300):
             "ncc_local": np.clip(rng.normal(0.6, 0.1, n), -1, 1)}
 
 
-def test_local_gate_closed_form_and_default():
+def test_local_gate_closed_form():
     hold = nulls()
     new = {"ncc": np.array([0.6, 0.9, 0.6]), "ssim": np.array([0.4, 0.4, 0.4]),
            "ncc_reg": np.array([0.7, 0.7, 0.7]), "ncc_local": np.array([0.98, 0.6, 0.6])}
-    gate = make_combiner().fit(hold)  # the default rule
+    gate = make_combiner("local_gate").fit(hold)
     assert isinstance(gate, LocalGateCombiner) and gate.gated
     whole = TailPCombiner().fit({s: hold[s] for s in ("ncc", "ssim", "ncc_reg")})
     whole_model = TailModel.fit(whole.combine({s: hold[s] for s in ("ncc", "ssim", "ncc_reg")})[0])
@@ -51,7 +52,7 @@ def test_without_both_levels_it_is_tail_p_exactly():
 
 def test_level_thresholds_are_where_each_level_alone_raises_the_flag():
     hold = nulls(seed=9)
-    gate = make_combiner().fit(hold)
+    gate = make_combiner("local_gate").fit(hold)
     combined_hold, _ = gate.combine(hold)
     threshold = float(np.quantile(combined_hold, 0.99))
     local_at = gate.level_thresholds(threshold)["ncc_local"]
@@ -68,7 +69,7 @@ def test_level_thresholds_are_where_each_level_alone_raises_the_flag():
 def test_overall_false_positive_rate_is_calibrated_jointly():
     """Threshold at the holdout's 0.95-quantile of the gate's scores: about 5% of new images from the same null
     are flagged in all, not 5% per level."""
-    gate = make_combiner().fit(nulls(seed=1, n=2000))
+    gate = make_combiner("local_gate").fit(nulls(seed=1, n=2000))
     threshold = float(np.quantile(gate.combine(nulls(seed=1, n=2000))[0], 0.95))
     fresh = gate.combine(nulls(seed=2, n=4000))[0]
     assert abs(float(np.mean(fresh > threshold)) - 0.05) < 0.012
