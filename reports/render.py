@@ -142,6 +142,14 @@ def figure_rows(name: str, stage: Mapping[str, Any]) -> list[dict[str, Any]]:
             for fig, est in stage.get("figures", {}).items()]
 
 
+def stage_warnings(stage: Mapping[str, Any]) -> list[str]:
+    """The plain-language caveats a stage attached to its figures (`details.warnings`, e.g. a re-id attacker too
+    weak for its privacy figures to be more than a lower bound): shown beside the figures, never only in the
+    collapsed details."""
+    warnings = stage.get("details", {}).get("warnings") or []
+    return [str(w) for w in warnings] if isinstance(warnings, (list, tuple)) else [str(warnings)]
+
+
 def stage_view(out: Path, name: str, stage: Mapping[str, Any]) -> dict[str, Any]:
     figures = figure_rows(name, stage)
     images, links = _artefact_views(out, name, stage.get("artefacts", {}))
@@ -151,7 +159,8 @@ def stage_view(out: Path, name: str, stage: Mapping[str, Any]) -> dict[str, Any]
     flagged = list(stage.get("flagged_ids", []))
     return {"name": name, "status": stage["status"], "status_words": STATUS_WORDS[stage["status"]],
             "reason": stage.get("reason"), "seconds": stage.get("seconds"), "figures": figures,
-            "skipped": sorted(stage.get("skipped", {}).items()), "images": images, "links": links,
+            "skipped": sorted(stage.get("skipped", {}).items()), "warnings": stage_warnings(stage),
+            "images": images, "links": links,
             "flagged_count": len(flagged), "flagged": flagged[:FLAGGED_SHOWN], "details": details,
             "parameters": json.dumps(stage.get("parameters", {}), indent=1, sort_keys=True)}
 
@@ -224,5 +233,6 @@ def render_markdown(report: Mapping[str, Any], has_gate_chart: bool) -> str:
               "href": quote(f"{stage}/{art['path']}")}
              for stage, s in report["stages"].items() for name, art in s.get("artefacts", {}).items()]
     key_figures = [{"stage": n, **f} for n, s in report["stages"].items() for f in figure_rows(n, s)]
+    warnings = [{"stage": n, "text": w} for n, s in report["stages"].items() for w in stage_warnings(s)]
     return template.render(r=report, verdict_sentence=VERDICT_SENTENCES[report["verdict"]], gates=gate_views(report),
-                           key_figures=key_figures, links=links, has_gate_chart=has_gate_chart)
+                           key_figures=key_figures, links=links, warnings=warnings, has_gate_chart=has_gate_chart)

@@ -282,3 +282,19 @@ def test_compare_names_the_stage_parameters_that_differ(report_dir):
                         "the reports audited different numbers of synthetic images (a: 10; b: 99): their intervals "
                         "differ in width for that reason alone"]
     assert comparability_warnings([a, copy.deepcopy(a)], ["a", "b"]) == []
+
+
+def test_a_stage_warning_is_shown_beside_its_figures_not_only_in_the_details(report_dir):
+    report = json.loads((report_dir / "report.json").read_text())
+    warning = "the attacker is weak on this data: its privacy figures are a lower bound <b>|</b>"
+    report["stages"]["replicas"]["details"]["warnings"] = [warning]
+    html = render_html(report, report_dir, None)
+    # outside every collapsed <details> block, escaped
+    visible = html.split("<details")[0] + "".join(part.split("</details>", 1)[-1] for part in html.split("<details")[1:])
+    assert "Warning: the attacker is weak on this data" in visible and "<b>|</b>" not in html
+    md = render_markdown(report, False)
+    section = md.split("## Warnings", 1)[1].split("## Key figures", 1)[0]
+    assert section.strip().startswith("- replicas: the attacker is weak on this data") and "<b>" not in section
+    report["stages"]["replicas"]["details"].pop("warnings")
+    assert "## Warnings" not in render_markdown(report, False)
+    assert "Warning:" not in render_html(report, report_dir, None)
