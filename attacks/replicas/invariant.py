@@ -423,6 +423,7 @@ class InvariantNCCScorer(ScorerBase):
     def components(self) -> dict[str, Any]:
         p = self.params
         return {"level": self.level, "dimensions": "2D only (3D refused: not built)",
+                "device": "cpu (numpy, scipy, scikit-image; the runtime's device is not used)",
                 "prefilter": f"gaussian sigma={p.prefilter_sigma} px" if p.prefilter_sigma else "none",
                 "orientations": "as is + mirrored (columns; the row mirror = it turned 180°)" if p.flips else "as is",
                 "shortlist": {"descriptor": "Fourier-Mellin: |2-D FFT| of the log-polar log(1+|FFT|) of the "
