@@ -399,18 +399,15 @@ local_gate_combination.Params = LocalGateParams
 AS_IS_SCORERS = ("ncc",)
 
 
-class LevelGateParams(Params):
-    primary_weight: float | None = Field(PRIMARY_WEIGHT, gt=0, lt=1,
-                                         description="ncc_reg's weight inside the whole-image level")
+class LevelGateParams(LocalGateParams):
+    """`local_gate`'s parameters, with the as-is levels and equal shares by default."""
+
     as_is: list[str] = Field(list(AS_IS_SCORERS),
                              description="whole-image scorers that are also a level of their own when a "
                                          "registration scorer is listed")
     local_share: float | None = Field(None, gt=0, lt=1,
                                       description="the local level's share of the false-positive budget (None: "
                                                   "every level the same share)")
-    overlap_ncc: float | None = Field(OVERLAP_NCC, gt=0, le=1,
-                                      description="holdout images whose local score reaches this are left out of "
-                                                  "the calibration (None: keep every holdout image)")
 
 
 def level_gate_combination(params: LevelGateParams, runtime: Runtime) -> LocalGateCombiner:

@@ -37,12 +37,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import Field
 from scipy import fft as sfft
-from scipy.ndimage import affine_transform, gaussian_filter
+from scipy.ndimage import affine_transform
 
 from attacks.replicas.base import ReplicaScores, ScorerBase, query_array, training_array
-from attacks.replicas.voxel import merge_orientations, orientations
+from attacks.replicas.voxel import GaussianLowPass, merge_orientations, orientations
+from audit.metrics.similarity import zscore
 from audit.registry import Params
 from audit.search import topk_similarity
 
@@ -81,14 +83,12 @@ class InvariantParams(Params):
 
 
 def prepare(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Low-pass (Gaussian σ px, spatial axes only) then z-score each image: (N, H, W) → float32."""
-    out = np.asarray(images, dtype=np.float32)
+    """Low-pass (the registration scorers' `GaussianLowPass`) then the suite's per-image z-score: (N, H, W) →
+    float32."""
+    out = np.asarray(images, dtype=np.float32)  # float before filtering: scipy keeps the input's dtype
     if sigma > 0:
-        out = gaussian_filter(out, sigma=(0, sigma, sigma))
-    flat = out.reshape(len(out), -1)
-    std = flat.std(axis=1, keepdims=True)
-    out = (flat - flat.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1)
-    return out.reshape(images.shape).astype(np.float32)
+        out = GaussianLowPass(sigma)(out)
+    return zscore(torch.from_numpy(np.ascontiguousarray(out)), 1).numpy().astype(np.float32)
 
 
 def log_polar_spectra(images: np.ndarray, min_radius: float) -> tuple[np.ndarray, float]:
