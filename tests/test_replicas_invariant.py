@@ -8,9 +8,12 @@ from skimage import data
 from skimage.registration import phase_cross_correlation
 from skimage.transform import SimilarityTransform, rescale, resize, rotate, warp
 
-from attacks.replicas.invariant import (axis_magnifications, axis_profiles, estimate_pose, fit_affine_trimmed,
-                                        log_polar_spectra, masked_ncc_best_shift, patch_shifts, prepare,
-                                        similarity_warp)
+from skimage.feature import match_template
+
+from attacks.replicas.invariant import (ShiftMagnificationSearch, axis_magnifications, axis_profiles,
+                                        estimate_pose, fit_affine_trimmed, log_polar_spectra, low_resolution,
+                                        magnification_pairs, masked_ncc_best_shift, patch_shifts, prepare,
+                                        search_templates, similarity_warp)
 from attacks.replicas.registry import make_scorer
 from audit.errors import AuditInputError
 
@@ -182,3 +185,64 @@ def test_options_are_declared_and_described():
     assert {"prefilter_sigma", "min_radius", "descriptor_size", "upsample", "min_overlap", "max_scale",
             "flips"} <= set(described["params"])
     assert "3D" in described["dimensions"]
+
+
+def test_search_scores_are_the_best_overlap_ncc_by_brute_force_and_skimage_match_template():
+    """The low-resolution search's two cases: the query itself over every shift with half of it overlapping
+    (brute force), and a shrunk template that must lie inside the training image (scikit-image match_template)."""
+    rng = np.random.default_rng(5)
+    train = rng.random((3, 14, 12)).astype(np.float32)
+    search = ShiftMagnificationSearch(train, chunk=2)  # chunks smaller than the batch: same values
+    query = np.zeros_like(train[1])
+    query[3:, 2:] = train[1][:-3, :-2] * 0.7 + 0.1  # train[1] moved by (3, 2), black margin
+    ours = search.template_scores(query, np.ones(query.shape, bool), 0.5)
+    for j in range(3):
+        expected, _ = brute_force_masked_ncc(query, train[j], np.ones(query.shape, bool), 0.5)
+        assert ours[j] == pytest.approx(expected, abs=1e-4)
+    assert int(np.argmax(ours)) == 1 and ours[1] > 0.99
+
+    template = train[2][4:11, 3:10] + 0.05 * rng.standard_normal((7, 7)).astype(np.float32)
+    frame, mask = np.zeros_like(query), np.zeros(query.shape, bool)
+    frame[:7, :7], mask[:7, :7] = template, True
+    ours = search.template_scores(frame, mask, 1.0)
+    for j in range(3):
+        assert ours[j] == pytest.approx(match_template(train[j], template).max(), abs=1e-4)
+    assert int(np.argmax(ours)) == 2
+
+
+def test_search_templates_and_magnification_pairs():
+    assert magnification_pairs([1.25, 1.6], 1.3) == [(1.25, 1.25), (1.25, 1.6), (1.6, 1.25), (1.6, 1.6)]
+    assert magnification_pairs([1.25, 1.6], 1.2) == [(1.25, 1.25), (1.6, 1.6)]
+    query = np.arange(32 * 24, dtype=np.float32).reshape(32, 24)
+    templates = search_templates(query, [(1.6, 1.25)], 0.5)
+    assert templates[0][2] == 0.5 and templates[0][1].all()
+    frame, mask, overlap = templates[1]
+    assert mask.sum() == 20 * 19 and mask[:20, :19].all() and overlap == 0.95
+    assert low_resolution(np.zeros((2, 128, 64), np.float32), 32).shape == (2, 32, 16)
+    with pytest.raises(AuditInputError):
+        make_scorer("ncc_fm", {"search_magnifications": [0.8]})
+
+
+def shifted(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    out = np.zeros_like(image)
+    out[max(rows, 0):image.shape[0] + min(rows, 0), max(cols, 0):image.shape[1] + min(cols, 0)] = \
+        image[max(-rows, 0):image.shape[0] - max(rows, 0), max(-cols, 0):image.shape[1] - max(cols, 0)]
+    return out
+
+
+def test_planted_large_shift_and_magnified_crop_are_found_by_the_search(fitted, photos):
+    """A copy shifted by 22% / 15% of the sides (black margin) and a crop of 70% × 60% of the image resized back
+    (magnifications 1.43 and 1.67, between and beyond the searched 1.25 / 1.6): the search ranks the source first by
+    a margin; the scorer finds it (nearest) at a high score, an unrelated photograph stays far below."""
+    scorer, train = fitted
+    copies = {3: shifted(train[3], 28, -19),
+              5: resize(train[5][20:20 + 90, 30:30 + 77], (128, 128), order=1, anti_aliasing=True).astype(np.float32)}
+    pairs = magnification_pairs(scorer.params.search_magnifications, scorer.params.search_max_aspect)
+    for source, copy in copies.items():
+        low = low_resolution(prepare(copy[None], scorer.params.prefilter_sigma), scorer.params.search_side)[0]
+        best = np.max([scorer.search.template_scores(*t) for t in search_templates(low, pairs, 0.5)], axis=0)
+        others = np.delete(best, source)
+        assert int(np.argmax(best)) == source and best[source] > others.max() + 0.1
+    result = scorer.score(np.stack([*copies.values(), photos["coins"]]))
+    assert list(result.nearest[:2]) == [3, 5]
+    assert result.scores[:2].min() >= 0.9 and result.scores[2] < result.scores[:2].min() - 0.2
