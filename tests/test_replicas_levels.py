@@ -14,12 +14,14 @@ WHOLE = ("ncc", "ssim", "ncc_reg", "ncc_reg_coarse")
 
 def nulls(seed=5, n=300):
     """Holdout-like scores of the five default scorers, correlated through a shared 'how alike is this image to the
-    training set' factor (as the real scorers are)."""
+    training set' factor (as the real scorers are). Similarities stay below 1 (the registration scorers' spread
+    was 0.015 / 0.01 about 0.92 / 0.96 until 2026-12-01: the top of a few thousand draws passed 1, a perfect match
+    no new image reaches, which the holdout leak screen rightly takes for a copy)."""
     rng = np.random.default_rng(seed)
     common = rng.normal(size=n)
     return {"ncc": 0.85 + 0.01 * (common + rng.normal(size=n)), "ssim": 0.40 + 0.05 * (common + rng.normal(size=n)),
-            "ncc_reg": 0.92 + 0.015 * (common + rng.normal(size=n)),
-            "ncc_reg_coarse": 0.96 + 0.01 * (common + rng.normal(size=n)),
+            "ncc_reg": 0.90 + 0.01 * (common + rng.normal(size=n)),
+            "ncc_reg_coarse": 0.94 + 0.007 * (common + rng.normal(size=n)),
             "ncc_local": np.clip(0.80 + 0.03 * (common + rng.normal(size=n)), -1, 1)}
 
 

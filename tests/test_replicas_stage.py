@@ -57,6 +57,8 @@ def test_stage_flags_copies_and_reuses_the_data_only_cache(data):
     assert (share.value, share.n, share.higher_is_better) == (0.5, 6, False) and "wilson" in share.method
     crossfit = out.figures["holdout_flagged_share_crossfit"]
     assert crossfit.n == 20 and "cross-fitted" in crossfit.method
+    # a clean holdout: nothing screened, nothing to warn about (the leak screen's own tests: test_replicas_screen)
+    assert (out.details["holdout_screened_as_copies"], out.details["warnings"]) == (0, [])
     assert {a.kind for a in out.artefacts.values()} == {"table", "data", "gallery", "plot"}
     for artefact in out.artefacts.values():
         assert (root / "out_a" / artefact.path).stat().st_size > 0

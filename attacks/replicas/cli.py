@@ -14,6 +14,7 @@ above the gate (its Wilson 95% lower bound exceeds --gate), 0 otherwise, 2 for b
 from __future__ import annotations
 
 import argparse
+import sys
 
 from attacks.replicas.base import DEFAULT_QUANTILE
 from attacks.replicas.pipeline import DEFAULT_GATE
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if crossfit:
         print(f"held-out real images flagged by the same rule (cross-fitted on holdout halves): "
               f"{crossfit['value'] * 100:.1f}% (95% CI {crossfit['ci_low'] * 100:.1f}-{crossfit['ci_high'] * 100:.1f}%)")
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     if summary["gate"]["exceeded"]:
         print(f"FAIL: the flagged share's lower bound {flagged['ci_low'] * 100:.1f}% exceeds the gate "
               f"{args.gate * 100:.1f}%")

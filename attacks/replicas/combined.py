@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import Field
 
+from attacks.replicas.screen import LEAK_ALPHA, LeakScreen
 from audit.registry import NoParams, Params, Registry, Runtime
 
 # a null with (almost) no spread would turn any difference into an infinite statistic; floor the scale here
@@ -235,6 +236,10 @@ class LocalGateCombiner:
     level_weights: dict[str, float] = field(default_factory=dict)
     overlap_ncc: float | None = OVERLAP_NCC
     holdout_kept: np.ndarray | None = None  # (H,) bool: holdout images the null and the threshold rest on
+    # the leak screen (attacks/replicas/screen.py): holdout images that are outliers of some scorer's null, i.e.
+    # (near-)copies of training images; None: off
+    leak_alpha: float | None = LEAK_ALPHA
+    screen: LeakScreen | None = None
 
     def fit(self, holdout_scores: dict[str, np.ndarray]) -> "LocalGateCombiner":
         if not holdout_scores:
@@ -245,11 +250,13 @@ class LocalGateCombiner:
         n = len(next(iter(holdout_scores.values())))
         self.holdout_kept = np.ones(n, bool)
         # holdout images sharing an identical region with a training image (the same scan in two files,
-        # neighbouring frames of one series, a leak between the splits) are not new images: left out of every
-        # null and of the threshold, and reported
-        overlap = self.overlaps_training(holdout_scores)
-        if overlap.sum() < n - 1:
-            self.holdout_kept = ~overlap
+        # neighbouring frames of one series, a leak between the splits), or whose score on some scorer no new
+        # image should reach (the leak screen), are not new images: left out of every null and of the
+        # threshold, and reported
+        self.screen = None if self.leak_alpha is None else LeakScreen(self.leak_alpha).fit(holdout_scores)
+        left_out = self.overlaps_training(holdout_scores) | self.screened_rows(n)
+        if left_out.sum() < n - 1:
+            self.holdout_kept = ~left_out
         holdout_scores = {s: np.asarray(v)[self.holdout_kept] for s, v in holdout_scores.items()}
         registered = any(p in whole for p in PRIMARY_SCORERS)
         as_is = [s for s in whole if s in self.as_is_scorers] if registered else []
@@ -272,6 +279,10 @@ class LocalGateCombiner:
         if self.overlap_ncc is None or not local:
             return np.zeros(n, bool)
         return np.any([np.asarray(scores[s]) >= self.overlap_ncc for s in local], axis=0)
+
+    def screened_rows(self, n: int) -> np.ndarray:
+        """(n,) bool: the fitted holdout's images the leak screen found (none with the screen off)."""
+        return np.zeros(n, bool) if self.screen is None else np.asarray(self.screen.screened, bool)
 
     @property
     def gated(self) -> bool:
@@ -331,13 +342,15 @@ class LocalGateCombiner:
         return list(self.order)
 
     def describe(self) -> dict:
+        screen = self.screen.describe() if self.screen is not None else {"rule": "off"}
         if not self.gated:
-            return {**self.whole.describe(), "local_gate": "not applied (the local and whole-image levels are "
-                                                           "not both listed)"}
+            return {**self.whole.describe(), "holdout_leak_screen": screen,
+                    "local_gate": "not applied (the local and whole-image levels are not both listed)"}
         overlap = {"rule": f"holdout images with a local score >= {self.overlap_ncc} hold a region identical to a "
                            "training image: left out of the nulls and the threshold",
                    "n_left_out": int((~self.holdout_kept).sum()) if self.holdout_kept is not None else 0}
         return {"combination": "level_gate" if self.as_is_models else "local_gate", "holdout_overlap": overlap,
+                "holdout_leak_screen": screen,
                 "definition": "max over levels of -log10 p + log10(G w): level 'whole' = the tail_p combination of "
                               "the whole-image scorers, p under the holdout's own tail_p scores; each as-is scorer "
                               "(listed with a registration scorer) and each local scorer a level of its own; w = "
@@ -386,11 +399,14 @@ class LocalGateParams(Params):
     overlap_ncc: float | None = Field(OVERLAP_NCC, gt=0, le=1,
                                       description="holdout images whose local score reaches this are left out of "
                                                   "the calibration (None: keep every holdout image)")
+    leak_alpha: float | None = Field(LEAK_ALPHA, gt=0, lt=1,
+                                     description="the holdout leak screen's family-wise rate on a clean holdout "
+                                                 "(None: no screen)")
 
 
 def local_gate_combination(params: LocalGateParams, runtime: Runtime) -> LocalGateCombiner:
     return LocalGateCombiner(primary_weight=params.primary_weight, local_share=params.local_share,
-                             overlap_ncc=params.overlap_ncc)
+                             overlap_ncc=params.overlap_ncc, leak_alpha=params.leak_alpha)
 
 
 local_gate_combination.Params = LocalGateParams
@@ -412,7 +428,8 @@ class LevelGateParams(LocalGateParams):
 
 def level_gate_combination(params: LevelGateParams, runtime: Runtime) -> LocalGateCombiner:
     return LocalGateCombiner(primary_weight=params.primary_weight, local_share=params.local_share,
-                             as_is_scorers=tuple(params.as_is), overlap_ncc=params.overlap_ncc)
+                             as_is_scorers=tuple(params.as_is), overlap_ncc=params.overlap_ncc,
+                             leak_alpha=params.leak_alpha)
 
 
 level_gate_combination.Params = LevelGateParams

@@ -215,13 +215,15 @@ def assemble_audit(names: list[str], holdout_scores: dict[str, ReplicaScores],
     combined_synthetic, decisive = combiner.combine({n: synthetic_scores[n].scores for n in names})
     nearest_by_scorer = np.stack([synthetic_scores[n].nearest for n in names], axis=1)
     nearest = nearest_by_scorer[np.arange(len(decisive)), decisive]
-    calibrations = {n: calibrate(n, holdout_scores[n].scores, synthetic_scores[n].scores, quantile) for n in names}
-    kept = calibration_rows(combiner, len(combined_holdout))  # holdout images overlapping training are left out
+    # holdout images overlapping training or screened as copies of it set no threshold, the scorers' own included
+    kept = calibration_rows(combiner, len(combined_holdout))
+    calibrations = {n: calibrate(n, holdout_scores[n].scores[kept], synthetic_scores[n].scores, quantile)
+                    for n in names}
     calibrations[COMBINED] = calibrate(COMBINED, combined_holdout[kept], combined_synthetic, quantile)
     descriptions = dict(descriptions or {})
     descriptions[COMBINED] = combiner.describe()
     crossfit = crossfit_flagged_share({n: holdout_scores[n].scores for n in names}, quantile, combination,
-                                      crossfit_seed)
+                                      crossfit_seed, kept=kept)
     return ReplicaAudit(scorers=list(names), holdout=holdout_scores, synthetic=synthetic_scores, combiner=combiner,
                         combined_holdout=combined_holdout, combined_synthetic=combined_synthetic,
                         nearest=nearest.astype(np.int64), decisive=[names[i] for i in decisive],
@@ -255,18 +257,26 @@ def audit_on_workers(scorers: dict[str, ReplicaScorer], train: np.ndarray, holdo
 
 
 def crossfit_flagged_share(holdout_scores: dict[str, np.ndarray], quantile: float,
-                           combination: str = DEFAULT_COMBINATION, seed: int = 0) -> Estimate | None:
+                           combination: str = DEFAULT_COMBINATION, seed: int = 0,
+                           kept: np.ndarray | None = None) -> Estimate | None:
     """The whole rule (combiner and threshold) fitted on one random half of the holdout and applied to the other,
     both ways; the pooled share of held-out images flagged, Wilson CI. An honest estimate of how often the
     rule flags a genuinely new image (at half the calibration size), unlike the in-sample share (≈ 1 − q by
-    construction). None when the holdout has fewer than 4 images."""
+    construction). `kept`: the rows the rule fitted on the whole holdout calibrates on (default: fitted here);
+    the others (copies of training images by the leak screen or the overlap rule) are in neither half's fit
+    nor count. None when the holdout has fewer than 4 images."""
     n = len(next(iter(holdout_scores.values())))
     if n < 4:
         return None
+    if kept is None:
+        kept = calibration_rows(make_combiner(combination).fit(holdout_scores), n)
     order = np.random.default_rng(seed).permutation(n)
     halves = (order[: n // 2], order[n // 2:])
+    halves = tuple(h[np.asarray(kept, bool)[h]] for h in halves)
     flagged = counted = 0
     for fit_rows, test_rows in (halves, halves[::-1]):
+        if len(fit_rows) < 2 or len(test_rows) == 0:
+            return None
         combiner = make_combiner(combination).fit({s: v[fit_rows] for s, v in holdout_scores.items()})
         null, _ = combiner.combine({s: v[fit_rows] for s, v in holdout_scores.items()})
         threshold = float(np.quantile(null[calibration_rows(combiner, len(null))], quantile))
@@ -336,10 +346,12 @@ def audit_summary(audit: ReplicaAudit, names: dict[str, list[str]], pair_ssim: n
         "combined": {**audit.calibrations[COMBINED].to_dict(), "describe": audit.descriptions[COMBINED],
                      "level_thresholds": audit.level_thresholds()},
         "holdout_overlapping_training": holdout_overlap(audit, names),
+        "holdout_screened_as_copies": holdout_screened(audit, names),
         "flagged": audit.flagged.to_dict(),
         "holdout_flagged_crossfit": audit.holdout_crossfit.to_dict() if audit.holdout_crossfit else None,
         "top_pairs": [],
     }
+    summary["warnings"] = holdout_warnings(summary)
     for q in np.argsort(-audit.combined_synthetic, kind="stable")[:20]:
         pair = {"synthetic": names["synthetic"][q], "nearest_train": names["train"][audit.nearest[q]],
                 "score": float(audit.combined_synthetic[q]), "is_replica": bool(audit.is_replica[q]),
@@ -355,11 +367,46 @@ def audit_summary(audit: ReplicaAudit, names: dict[str, list[str]], pair_ssim: n
 def holdout_overlap(audit: ReplicaAudit, names: dict[str, list[str]]) -> dict[str, Any]:
     """Holdout images left out of the calibration because they hold a region identical to a training image —
     the holdout is then not disjoint from the training set (the same scan twice, neighbouring frames, a leak)."""
-    kept = calibration_rows(audit.combiner, len(audit.combined_holdout))
-    left_out = np.flatnonzero(~kept)
+    left_out = np.flatnonzero(left_out_rows(audit)["overlap"])
     return {"n": int(len(left_out)), "files": [names["holdout"][i] for i in left_out[:50]],
             "rule": "a local score >= the combination's overlap_ncc (a whole window identical up to contrast): not "
                     "a new image, so not part of the null; check the split"}
+
+
+def holdout_screened(audit: ReplicaAudit, names: dict[str, list[str]]) -> dict[str, Any]:
+    """Holdout images the leak screen left out of the calibration (attacks/replicas/screen.py): some scorer's
+    score no new image should reach, i.e. (near-)copies of training images — a leaky split."""
+    rows = left_out_rows(audit)["screened"]
+    screen = getattr(audit.combiner, "screen", None)
+    by_scorer = {} if screen is None else {
+        s: [names["holdout"][i] for i in np.flatnonzero(v)[:50]] for s, v in screen.by_scorer.items() if v.any()}
+    return {"n": int(rows.sum()), "files": [names["holdout"][i] for i in np.flatnonzero(rows)[:50]],
+            "by_scorer": by_scorer,
+            "rule": screen.describe()["rule"] if screen is not None else "off"}
+
+
+def left_out_rows(audit: ReplicaAudit) -> dict[str, np.ndarray]:
+    """{"overlap": (H,) bool, "screened": (H,) bool} of the holdout images left out of the calibration (an image
+    both overlapping and screened counts as overlapping)."""
+    n = len(audit.combined_holdout)
+    left_out = ~calibration_rows(audit.combiner, n)
+    overlap = left_out & overlapping_holdout(audit.combiner, {s: audit.holdout_scores(s) for s in audit.scorers})
+    return {"overlap": overlap, "screened": left_out & ~overlap}
+
+
+def holdout_warnings(summary: dict[str, Any]) -> list[str]:
+    """The plain-language warnings a run's summary carries about its holdout (empty when it is clean)."""
+    out = []
+    screened = summary.get("holdout_screened_as_copies") or {}
+    if screened.get("n"):
+        out.append(f"{screened['n']} holdout image(s) are near-copies of training images (the leak screen: a "
+                   f"score no new image should reach) and were left out of the calibration — the split leaks "
+                   f"(same patient/scan on both sides?); see replicas.json holdout_screened_as_copies")
+    overlap = summary.get("holdout_overlapping_training") or {}
+    if overlap.get("n"):
+        out.append(f"{overlap['n']} holdout image(s) hold a region identical to a training image and were left "
+                   f"out of the calibration; see replicas.json holdout_overlapping_training")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- folders

@@ -241,5 +241,8 @@ class ReplicaStage:
         details = {"threshold": audit.threshold, "holdout_flagged_in_sample": audit.calibrations[COMBINED]
                    .holdout_flagged.to_dict(), "calibration": summary["calibration"],
                    "top_pairs": summary["top_pairs"][:self.params.top_pairs],
-                   "combination": summary["combined"]["describe"], "skipped_scorers": skipped}
+                   "combination": summary["combined"]["describe"], "skipped_scorers": skipped,
+                   "holdout_screened_as_copies": summary["holdout_screened_as_copies"]["n"],
+                   "holdout_overlapping_training": summary["holdout_overlapping_training"]["n"],
+                   "warnings": summary["warnings"]}
         return StageOutput(figures=figures, details=details, artefacts=artefacts, flagged_ids=flagged_ids)
