@@ -397,8 +397,9 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     replica's source.
 
     Combiners: `combined` (the suite's rule over every scored scorer), `default` and `fast` (the same rule over
-    the members of those presets, when all were scored: what a user gets), `default_local_gate` and `default_tail_p`
-    (the default set under the earlier rules, `local_gate` and `tail_p`, for before/after on the same scores), and with `comparisons` the earlier
+    the members of those presets, when all were scored: what a user gets), `default_local_gate`, `default_unscreened`
+    and `default_tail_p` (the default set under the earlier rules — `local_gate`, `level_gate` without the holdout
+    leak screen, `tail_p` — for before/after on the same scores), and with `comparisons` the earlier
     definitions (equal weights, max-z) and the voxel scorers alone. Single scorers are compared (paired
     bootstrap) with `reference`."""
     from attacks.replicas.calibrate import calibrate
@@ -424,6 +425,8 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     if set(PRESETS["default"]) <= set(scorer_names):  # the default set under the rules it had before
         default_holdout = {n: holdout_scores[n] for n in PRESETS["default"]}
         combiners["default_local_gate"] = make_combiner("local_gate").fit(default_holdout)  # 2026-11-30 evening
+        # session 4's default (2026-12-01 00:00): level_gate without the holdout leak screen
+        combiners["default_unscreened"] = make_combiner("level_gate", {"leak_alpha": None}).fit(default_holdout)
         combiners["default_tail_p"] = TailPCombiner().fit(default_holdout)  # before the local gate
     if comparisons:
         # the same with equal weights (the suite's rule before ncc_reg existed), and the first definition
@@ -551,7 +554,7 @@ def markdown(results: dict, order: tuple[str, ...] = TRANSFORMS) -> str:
                          + ", ".join(f"{src} {f} / {n}" for src, (f, n) in by_source.items()) + ".")
         if dom.get("holdout_left_out_of_calibration"):
             lines.append("Holdout images left out of a rule's calibration (a local score >= 0.999: a region identical "
-                         "to a training image): " + ", ".join(
+                         "to a training image; or screened as a near-copy by the holdout leak screen): " + ", ".join(
                              f"{n} {k}" for n, k in dom["holdout_left_out_of_calibration"].items()) + ".")
         if dom.get("rescored"):
             lines.append("Re-scored later with --update-scores (the other scorers' scores are from the first run): "
