@@ -211,3 +211,53 @@ def test_masking_burned_in_graphics_keeps_them_out_of_the_local_null_but_not_rea
     # the fitted state round-trips with its mask
     restored = make_scorer("ncc_local").restore(masked_scorer.fitted_state())
     np.testing.assert_array_equal(restored.score(queries).scores, masked.scores)
+
+
+def test_recentring_moves_a_straddling_window_into_a_pasted_region():
+    """64² images, 16-px windows on an 8-px query grid (0, 8, …, 48): a region pasted at rows and columns 3–22
+    (20 px) holds no grid window, only windows starting at 3–7 px — reached by moving a grid window by a
+    quarter step (2 px) or two. Without re-centring the copy is not found at 1; with it it is,
+    with its source and a box inside the region. New images stay below every copy. (An option, off by default.)"""
+    train = textured(30, (64, 64), seed=2)
+    queries = textured(10, (64, 64), seed=3)
+    pastes = [(4, (30, 9)), (13, (0, 40)), (22, (41, 2)), (27, (17, 33))]  # (source, region start in the source)
+    for q, (src, (r, c)) in enumerate(pastes):
+        queries[q, 3:23, 3:23] = train[src, r:r + 20, c:c + 20]
+    # (graphics masking off: these small random textures share 8-bit values at the same place by chance)
+    off = make_scorer("ncc_local", {"recentre_windows": 0, "mask_graphics": False}).fit(train).score(queries)
+    on = make_scorer("ncc_local", {"recentre_windows": 3, "mask_graphics": False}).fit(train).score(queries)
+    assert off.scores[:4].max() < 0.99  # every grid window straddles the region's border
+    for q, (src, (r, c)) in enumerate(pastes):
+        assert on.scores[q] == pytest.approx(1.0, abs=1e-3) and on.nearest[q] == src
+        qb, tb = on.query_box[q], on.train_box[q]
+        assert np.all(qb[0] >= 3) and np.all(qb[1] <= 23)
+        np.testing.assert_array_equal(tb[0] - qb[0], [r - 3, c - 3])
+    assert on.scores[4:].max() < on.scores[:4].min() - 0.2
+    assert np.all(on.scores >= off.scores)  # re-centring only adds windows to the maximum
+    # off by default (2D and 3D): on the tuning split it raised the null as much as the copies (docs/replicas.md)
+    assert make_scorer("ncc_local").resolved_recentre(2) == 0 == make_scorer("ncc_local").resolved_recentre(3)
+
+
+def test_query_scales_find_a_magnified_crop_and_its_region():
+    """A crop of 40 px of a training image resized back to 64 px (magnification 1.6, as a crop-and-resize copy
+    is): searched only at the query's scale its windows match nothing (score at the new images' level); with the
+    query also searched at 1/1.6 it is found with its source, and the box in the training image is where the
+    query's box maps to."""
+    from skimage.transform import resize
+
+    train = textured(30, (64, 64), seed=2)
+    new = textured(4, (64, 64), seed=3)
+    crops = [(5, (8, 12)), (23, (16, 16))]
+    copies = np.stack([resize(train[s][r:r + 40, c:c + 40], (64, 64), order=1, mode="edge", preserve_range=True)
+                       for s, (r, c) in crops]).astype(np.float32)
+    queries = np.concatenate([copies, new])
+    plain = make_scorer("ncc_local").fit(train).score(queries)
+    scaled = make_scorer("ncc_local", {"query_scales": [1.6]}).fit(train).score(queries)
+    assert plain.scores[:2].max() < plain.scores[2:].max() + 0.1  # not told apart from new images
+    for q, (src, (r, c)) in enumerate(crops):
+        assert scaled.nearest[q] == src and scaled.scores[q] > 0.95
+        np.testing.assert_allclose(scaled.train_box[q, 0], np.add((r, c), scaled.query_box[q, 0] / 1.6), atol=2)
+    np.testing.assert_allclose(scaled.scores[2:], plain.scores[2:], atol=0.05)
+    assert scaled.scores[2:].max() < 0.8
+    with pytest.raises(Exception, match="query_scales"):
+        make_scorer("ncc_local", {"query_scales": [0.0]})
