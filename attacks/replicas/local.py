@@ -243,11 +243,11 @@ class LocalParams(Params):
                                                                   "displacement tried for the window moved by up to "
                                                                   "half a query step, so a window half outside a "
                                                                   "pasted region is moved into it, without a new search")
-    query_scales: list[float] | None = Field(None, description="magnifications m > 1 at which the query is also "
-                                                               "searched, resampled by 1/m (a magnified crop's "
-                                                               "windows then match training windows at the training "
-                                                               "scale); None: none; [] none")
-
+    query_scales: list[float] | None = Field(None, description="magnifications m (> 0, e.g. 1.25 and 1.6) at which "
+                                                               "the query is also searched, shrunk by 1/m (a "
+                                                               "magnified crop's windows then match training windows "
+                                                               "at the training scale); None or []: only its own "
+                                                               "scale (off by default)")
 
     @field_validator("query_scales")
     @classmethod
