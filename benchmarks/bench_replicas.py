@@ -390,6 +390,15 @@ def merge_scores(saved: dict, fresh: dict) -> dict:
     return merged
 
 
+def runnable_members(members: tuple[str, ...], domain: str) -> list[str]:
+    """The preset's scorers that run on the domain's images (`audit replicas` skips the others with their reason,
+    e.g. the 2D-only `ncc_fm` on volumes)."""
+    from attacks.replicas.registry import make_scorer
+
+    shape = (32, 32, 32) if domain == "3D" else (128, 128)
+    return [n for n in members if make_scorer(n).unsupported(shape) is None]
+
+
 def domain_tables(record: dict, quantile: float, comparisons: bool = True, reference: str = "combined") -> dict:
     """The table half: from a scores record (fresh or loaded), the combiners of attacks/replicas/combined.py
     fitted on the holdout, then per scorer and combiner the calibrated threshold and per transformation AUC,
@@ -419,11 +428,12 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     nearest_by_scorer = np.stack([nearest[n] for n in scorer_names], 1)
     # the suite's definition (its default rule, `level_gate` since 2026-12-01) over every scorer
     combiners = {"combined": make_combiner().fit(holdout_scores)}
-    for preset, members in PRESETS.items():  # what `audit replicas` runs by default, and --preset fast
+    presets = {p: runnable_members(members, domain) for p, members in PRESETS.items()}
+    for preset, members in presets.items():  # what `audit replicas` runs by default, and --preset fast
         if set(members) <= set(scorer_names):
             combiners[preset] = make_combiner().fit({n: holdout_scores[n] for n in members})
-    if set(PRESETS["default"]) <= set(scorer_names):  # the default set under the rules it had before
-        default_holdout = {n: holdout_scores[n] for n in PRESETS["default"]}
+    if set(presets["default"]) <= set(scorer_names):  # the default set under the rules it had before
+        default_holdout = {n: holdout_scores[n] for n in presets["default"]}
         combiners["default_local_gate"] = make_combiner("local_gate").fit(default_holdout)  # 2026-11-30 evening
         # session 4's default (2026-12-01 00:00): level_gate without the holdout leak screen
         combiners["default_unscreened"] = make_combiner("level_gate", {"leak_alpha": None}).fit(default_holdout)

@@ -34,7 +34,7 @@ def data(tmp_path):
 def test_stage_is_registered_and_validates_its_section():
     stage = STAGES.create("replicas", {"scorers": ["ncc", "ssim"], "quantile": 0.95})
     assert isinstance(stage, ReplicaStage) and stage.params.scorers == ["ncc", "ssim"]
-    assert ReplicaStage().params.scorers == ["ncc", "ssim", "ncc_reg", "ncc_reg_coarse", "ncc_local"]  # the default set
+    assert ReplicaStage().params.scorers == ["ncc", "ssim", "ncc_reg", "ncc_reg_coarse", "ncc_local", "ncc_fm"]  # the default
     with pytest.raises(AuditInputError, match="unknown scorer 'nope'"):
         STAGES.create("replicas", {"scorers": ["nope"]})
     with pytest.raises(AuditInputError, match="unknown parameter 'kk'"):

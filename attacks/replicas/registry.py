@@ -34,9 +34,10 @@ SCORERS.register("segmentation", "attacks.replicas.segmentation:SegmentationScor
 SCORERS.register("deepssim", "attacks.replicas.deepssim:DeepSSIMScorer",
                  "learned: DeepSSIM embedding retrieval, verified by exact SSIM")
 
-# The best set of the benchmark (chosen on its tuning split; see docs/replicas.md) and the cheap one.
+# The best set of the benchmark (chosen on its tuning split; see docs/replicas.md) and the cheap one. `ncc_fm` (2D
+# only: skipped with its reason on volumes) since 2026-12-01 session 5, as a level of its own (combined.py).
 PRESETS: dict[str, tuple[str, ...]] = {
-    "default": ("ncc", "ssim", "ncc_reg", "ncc_reg_coarse", "ncc_local"),
+    "default": ("ncc", "ssim", "ncc_reg", "ncc_reg_coarse", "ncc_local", "ncc_fm"),
     "fast": ("ncc", "ssim"),
 }
 DEFAULT_SCORERS = PRESETS["default"]
