@@ -390,6 +390,11 @@ def merge_scores(saved: dict, fresh: dict) -> dict:
     return merged
 
 
+# the default set and rule of session 4 (2026-12-01 00:00 – 03:01): five scorers, level_gate with the as-is ncc
+# level, no holdout leak screen
+SESSION4_DEFAULT = ("ncc", "ssim", "ncc_reg", "ncc_reg_coarse", "ncc_local")
+
+
 def runnable_members(members: tuple[str, ...], domain: str) -> list[str]:
     """The preset's scorers that run on the domain's images (`audit replicas` skips the others with their reason,
     e.g. the 2D-only `ncc_fm` on volumes)."""
@@ -406,9 +411,10 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     replica's source.
 
     Combiners: `combined` (the suite's rule over every scored scorer), `default` and `fast` (the same rule over
-    the members of those presets, when all were scored: what a user gets), `default_local_gate`, `default_unscreened`
-    and `default_tail_p` (the default set under the earlier rules — `local_gate`, `level_gate` without the holdout
-    leak screen, `tail_p` — for before/after on the same scores), and with `comparisons` the earlier
+    the members of those presets, when all were scored: what a user gets), `default_local_gate` and `default_tail_p`
+    (the default set under the earlier rules `local_gate` and `tail_p`), `default_s4` (session 4's default: the five
+    scorers without `ncc_fm`, no holdout leak screen) and `default_s4_screened` (the same with the screen), for
+    before/after on the same scores, and with `comparisons` the earlier
     definitions (equal weights, max-z) and the voxel scorers alone. Single scorers are compared (paired
     bootstrap) with `reference`."""
     from attacks.replicas.calibrate import calibrate
@@ -435,8 +441,10 @@ def domain_tables(record: dict, quantile: float, comparisons: bool = True, refer
     if set(presets["default"]) <= set(scorer_names):  # the default set under the rules it had before
         default_holdout = {n: holdout_scores[n] for n in presets["default"]}
         combiners["default_local_gate"] = make_combiner("local_gate").fit(default_holdout)  # 2026-11-30 evening
-        # session 4's default (2026-12-01 00:00): level_gate without the holdout leak screen
-        combiners["default_unscreened"] = make_combiner("level_gate", {"leak_alpha": None}).fit(default_holdout)
+    if set(SESSION4_DEFAULT) <= set(scorer_names):  # before/after session 5 (the leak screen, then ncc_fm)
+        five = {n: holdout_scores[n] for n in SESSION4_DEFAULT}
+        combiners["default_s4"] = make_combiner("level_gate", {"leak_alpha": None, "as_is": ["ncc"]}).fit(five)
+        combiners["default_s4_screened"] = make_combiner("level_gate", {"as_is": ["ncc"]}).fit(five)
         combiners["default_tail_p"] = TailPCombiner().fit(default_holdout)  # before the local gate
     if comparisons:
         # the same with equal weights (the suite's rule before ncc_reg existed), and the first definition
