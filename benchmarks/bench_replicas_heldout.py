@@ -423,10 +423,14 @@ def score_domain(domain: str, raw_pool: list, scorer_names: list[str], seed: int
     return record
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(make_pool=None, default_seed: int = SEED, results_prefix: str = "heldout_seed",
+         description: str = __doc__) -> None:
+    """The command line; `make_pool`, `default_seed` and `results_prefix` let a later version of the benchmark
+    (bench_replicas_heldout_v2.py) reuse it with its own pool and seeds."""
+    make_pool = make_pool or pool
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--scorers", default=",".join(SCORERS))
-    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--seed", type=int, default=default_seed)
     parser.add_argument("--domains", default="2D,3D")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quantile", type=float, default=0.99)
@@ -436,7 +440,7 @@ def main() -> None:
                                                     "heldout.json)")
     args = parser.parse_args()
     out = Path(args.out or (Path(args.from_scores) / "heldout.json" if args.from_scores
-                            else f"benchmarks/results/heldout_seed{args.seed}/heldout.json"))
+                            else f"benchmarks/results/{results_prefix}{args.seed}/heldout.json"))
     import torch
 
     torch.set_num_threads(args.threads)
@@ -454,7 +458,7 @@ def main() -> None:
         if args.from_scores:
             record = load_scores(Path(args.from_scores) / f"scores_{domain}.npz")
         else:
-            record = score_domain(domain, pool(domain, work), names, args.seed, {})
+            record = score_domain(domain, make_pool(domain, work), names, args.seed, {})
             if args.save_scores:
                 print(f"[{domain}] scores written to {save_scores(record, out.parent)}", flush=True)
         results["accuracy"].append(domain_tables(record, args.quantile, comparisons=False, reference="default"))

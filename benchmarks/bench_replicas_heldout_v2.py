@@ -51,15 +51,7 @@ def pool(domain: str, work: Path) -> list:
 
 
 def main() -> None:
-    # version 1's command line and tables, with this pool and seed
-    v1.pool = pool
-    v1.SEED = SEED
-    if "--out" not in sys.argv and "--from-scores" not in sys.argv:
-        seed = sys.argv[sys.argv.index("--seed") + 1] if "--seed" in sys.argv else str(SEED)
-        sys.argv += ["--out", f"benchmarks/results/heldout_v2_seed{seed}/heldout.json"]
-    if "--seed" not in sys.argv:
-        sys.argv += ["--seed", str(SEED)]
-    v1.main()
+    v1.main(make_pool=pool, default_seed=SEED, results_prefix="heldout_v2_seed", description=__doc__)
 
 
 if __name__ == "__main__":
